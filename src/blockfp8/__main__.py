@@ -1,0 +1,3 @@
+from blockfp8.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""The contract every GEMM backend follows, and the per-layer Decision every consumer reads.
+
+A layer's backend is resolved once (``backends.select``) into a frozen :class:`Decision` that records the
+backend, the scale formats and layouts its kernel needs, whether the weight must be requantized to UE8M0,
+where the choice came from and every reason considered. Weight post-processing, activation quantization,
+the GEMM call, warmup, logging and ``blockfp8 explain`` all read that record; none re-probes a global.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+if TYPE_CHECKING:  # keep this module importable without torch's heavy parts at type-check time only
+    import torch
+
+    from blockfp8.platform import Platform
+
+
+class BackendId(str, enum.Enum):
+    """Backend ids: the same lowercase strings in env vars, CLI flags, CSV columns and logs."""
+
+    AUTO = "auto"
+    DEEPGEMM = "deepgemm"
+    SCALED_MM = "scaled_mm"
+    TRITON = "triton"
+    REFERENCE = "reference"
+
+    def __str__(self) -> str:  # "deepgemm", not "BackendId.DEEPGEMM"
+        return self.value
+
+    @classmethod
+    def parse(cls, value: str | BackendId, field_name: str = "backend") -> BackendId:
+        if isinstance(value, BackendId):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            valid = ", ".join(b.value for b in cls)
+            raise ValueError(f"{field_name}={value!r} is not valid; valid values: {valid}") from None
+
+
+class ScaleFmt(str, enum.Enum):
+    FLOAT32 = "float32"
+    UE8M0 = "ue8m0"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ScaleLayout(str, enum.Enum):
+    """How activation (or weight) scales are laid out in memory for a kernel."""
+
+    ROW_MAJOR = "row_major"  # [M, K/G] contiguous (reference, Triton)
+    MN_MAJOR = "mn_major"  # [M, K/G] with strides (1, align(M, 4)): scaled_mm, DeepGEMM SM90
+    PACKED_UE8M0 = "packed_ue8m0"  # int32 words of 4 exponent bytes, MN-major, TMA-aligned: DeepGEMM SM100
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class GemmProblem:
+    """What a layer asks of a kernel: out[M, N] = x[M, K] @ w[N, K].T, M varies at run time."""
+
+    n: int
+    k: int
+    block_size: tuple[int, int] = (128, 128)
+    out_dtype: str = "bfloat16"  # torch dtype name
+    checkpoint_scale_fmt: ScaleFmt = ScaleFmt.FLOAT32  # what the weight's scales are on disk
+    fp8_dtype: str = "float8_e4m3fn"
+    grouped: bool = False  # MoE: one GEMM per expert
+    num_experts: int = 1
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The one resolved choice for a layer (dense or MoE). Every consumer reads it."""
+
+    kind: str  # "linear" | "moe"
+    backend: BackendId
+    weight_scale_fmt: ScaleFmt  # scales the kernel multiplies by (after any requant)
+    act_scale_fmt: ScaleFmt  # format activation scales are produced in
+    act_scale_layout: ScaleLayout
+    weight_scale_layout: ScaleLayout
+    requant_weight_ue8m0: bool  # the irreversible second rounding: only when the kernel needs it
+    use_deep_gemm: bool  # final answer, after config / env / guard / defaults
+    source: str  # where the backend choice came from: "config" | "env" | "guard" | "audit" | "default"
+    arch: str | None  # "sm_90", ... or None for CPU
+    reasons: tuple[str, ...] = ()  # every backend considered and why it was taken or skipped
+    warnings: tuple[str, ...] = ()  # logged once each, by the consumer that acts on the decision
+
+    def as_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "backend": str(self.backend),
+            "scale_fmt": str(self.weight_scale_fmt),
+            "act_scale_fmt": str(self.act_scale_fmt),
+            "act_scale_layout": str(self.act_scale_layout),
+            "weight_scale_layout": str(self.weight_scale_layout),
+            "requant_weight_ue8m0": self.requant_weight_ue8m0,
+            "use_deep_gemm": self.use_deep_gemm,
+            "source": self.source,
+            "arch": self.arch,
+            "reasons": list(self.reasons),
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass
+class PreparedWeight:
+    """A weight made ready for one backend. ``checkpoint_scale`` keeps the original float32 scales so that a
+    different backend can still be chosen later (the UE8M0 requant is never done in place)."""
+
+    backend: BackendId
+    weight: torch.Tensor  # FP8 [N, K] (possibly requantized)
+    scale: torch.Tensor  # in the backend's layout / format
+    checkpoint_weight: torch.Tensor
+    checkpoint_scale: torch.Tensor  # float32 [ceil(N/bn), ceil(K/bk)]
+    block_size: tuple[int, int]
+    extra: dict = field(default_factory=dict)
+
+
+class GemmBackend(Protocol):
+    name: ClassVar[BackendId]
+
+    def is_supported(self, platform: Platform) -> tuple[bool, str]:
+        """Hardware, libraries, versions. The reason is shown in `explain` either way."""
+        ...
+
+    def can_implement(self, problem: GemmProblem) -> tuple[bool, str]:
+        """Dtypes, block sizes, alignment."""
+        ...
+
+    def prepare_weight(self, w_q: torch.Tensor, w_scale: torch.Tensor, decision: Decision,
+                       block_size: tuple[int, int]) -> PreparedWeight:
+        """One-time layout / scale-format work, as the decision says."""
+        ...
+
+    def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dynamic 1 x G quantization of x[M, K] into the scale format and layout this kernel takes."""
+        ...
+
+    def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
+             bias: torch.Tensor | None = None) -> torch.Tensor:
+        """out[M, N] = x @ w.T with per-128-K promotion of the scales."""
+        ...

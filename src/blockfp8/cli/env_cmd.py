@@ -1,0 +1,31 @@
+"""Print Python/torch/Triton/CUDA versions, the GPU and its SM capability, and which optional libraries import."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--arch", help="pretend to be this SM capability (sm_90, sm_100a, ...); overrides BLOCKFP8_ARCH")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from blockfp8 import __version__, platform
+
+    plat = platform.detect(arch=args.arch)
+    info = {"blockfp8": __version__, **plat.as_dict()}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"blockfp8   {__version__}")
+    print(f"python     {plat.python_version}")
+    print(f"torch      {plat.torch_version} (CUDA {plat.cuda_version or 'none'})")
+    print(f"triton     {plat.triton_version or 'not installed'}")
+    print(f"device     {plat.describe()}")
+    print(f"family     {plat.family if plat.family is not None else '-'}")
+    libs = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in plat.libraries.items())
+    print(f"libraries  {libs}")
+    return 0

@@ -1,0 +1,112 @@
+"""Every BLOCKFP8_* environment variable, in one table of lazy getters.
+
+Values are read when asked for (never at import), so tests can monkeypatch os.environ.
+Booleans are 0/1; an unknown value raises EnvError listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class EnvError(ValueError):
+    """An environment variable holds a value we do not accept (CLI exit code 2)."""
+
+
+def _bool01(name: str, raw: str) -> bool:
+    value = raw.strip()
+    if value in ("0", "1"):
+        return value == "1"
+    raise EnvError(f"{name}={raw!r} is not valid; valid values: 0, 1 (or unset)")
+
+
+def _tristate(name: str) -> bool | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return _bool01(name, raw)
+
+
+def _str(name: str) -> str | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return raw.strip()
+
+
+def _csv(name: str) -> tuple[str, ...]:
+    raw = os.environ.get(name, "")
+    return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    values: str
+    default: str
+    help: str
+    getter: Callable[[], Any]
+
+
+ENV_VARS: dict[str, EnvVar] = {
+    v.name: v
+    for v in (
+        EnvVar(
+            "BLOCKFP8_USE_DEEP_GEMM", "unset | 0 | 1", "unset",
+            "1 forces DeepGEMM on (even for a guarded model, with a warning); 0 disables it for dense and MoE.",
+            lambda: _tristate("BLOCKFP8_USE_DEEP_GEMM"),
+        ),
+        EnvVar(
+            "BLOCKFP8_MOE_USE_DEEP_GEMM", "unset | 0 | 1", "unset",
+            "Same as BLOCKFP8_USE_DEEP_GEMM for MoE layers only; overrides it there.",
+            lambda: _tristate("BLOCKFP8_MOE_USE_DEEP_GEMM"),
+        ),
+        EnvVar(
+            "BLOCKFP8_GEMM_BACKEND", "auto | deepgemm | scaled_mm | triton | reference", "auto",
+            "Backend for dense layers; an explicit choice that cannot run raises.",
+            lambda: _str("BLOCKFP8_GEMM_BACKEND"),
+        ),
+        EnvVar(
+            "BLOCKFP8_DISABLED_BACKENDS", "comma list of backend ids", "empty",
+            "Backends never chosen automatically.",
+            lambda: _csv("BLOCKFP8_DISABLED_BACKENDS"),
+        ),
+        EnvVar(
+            "BLOCKFP8_ARCH", "sm_90, 90, 9.0, sm_100a, ...", "unset (the real GPU)",
+            "Pretend to be this SM capability, to plan any GPU's decision on a CPU box.",
+            lambda: _str("BLOCKFP8_ARCH"),
+        ),
+        EnvVar(
+            "BLOCKFP8_LOG_LEVEL", "DEBUG | INFO | WARNING | ERROR", "WARNING",
+            "Level of the blockfp8 logger.",
+            lambda: (_str("BLOCKFP8_LOG_LEVEL") or "WARNING").upper(),
+        ),
+    )
+}
+
+
+def get(name: str) -> Any:
+    """The parsed value of a BLOCKFP8_* variable (raises EnvError on a bad value)."""
+    return ENV_VARS[name].getter()
+
+
+def is_set(name: str) -> bool:
+    """True when the variable is present and non-empty: "explicitly set" in the precedence table."""
+    raw = os.environ.get(name)
+    return raw is not None and raw.strip() != ""
+
+
+def __getattr__(attr: str) -> Any:
+    # envs.BLOCKFP8_USE_DEEP_GEMM reads the environment now, not at import.
+    if attr in ENV_VARS:
+        return get(attr)
+    raise AttributeError(f"module 'blockfp8.envs' has no attribute {attr!r}")
+
+
+def validate_all() -> None:
+    """Parse every variable once so a typo fails early with the valid values listed."""
+    for name in ENV_VARS:
+        get(name)

@@ -1,0 +1,138 @@
+"""What machine we are on: device, SM capability and family, versions, optional libraries.
+
+BLOCKFP8_ARCH (or an explicit `arch=`) overrides the capability so that any GPU's decision can be
+planned and tested on a CPU box; such a platform is marked `simulated`.
+Optional libraries are probed with importlib.util.find_spec: nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import platform as _pyplatform
+import re
+from dataclasses import dataclass, field
+
+from blockfp8 import envs
+from blockfp8.envs import EnvError
+
+OPTIONAL_LIBRARIES = ("triton", "deep_gemm", "transformers", "safetensors", "gguf", "accelerate", "matplotlib")
+
+_ARCH_RE = re.compile(r"^(?:sm_?)?(\d+)(?:\.(\d))?([af]?)$", re.IGNORECASE)
+
+
+def parse_arch(text: str) -> tuple[int, int]:
+    """'sm_90', '90', '9.0', 'sm_100a', '100', '10.3', 'sm_120' -> (major, minor)."""
+    m = _ARCH_RE.match(text.strip())
+    if not m:
+        raise EnvError(f"arch {text!r} is not valid; examples of valid values: sm_89, sm_90, 90, 9.0, sm_100a, sm_103, sm_120")
+    digits, minor = m.group(1), m.group(2)
+    if minor is not None:
+        return int(digits), int(minor)
+    if len(digits) < 2:
+        raise EnvError(f"arch {text!r} is not valid; give major and minor, e.g. sm_90 or 9.0")
+    return int(digits[:-1]), int(digits[-1])
+
+
+def family_of(capability: tuple[int, int] | None) -> int | None:
+    """SM family: 90 Hopper; 100 for SM100/SM103 (B200/B300); 120 for SM120/SM121; else major*10+minor."""
+    if capability is None:
+        return None
+    major, minor = capability
+    if major == 10:
+        return 100
+    if major == 12:
+        return 120
+    return major * 10 + minor
+
+
+FAMILY_NAMES = {89: "Ada", 90: "Hopper", 100: "Blackwell datacenter (SM100/SM103)", 120: "Blackwell consumer (SM120/SM121)"}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class Platform:
+    device: str  # "cuda" or "cpu"
+    gpu_name: str | None
+    capability: tuple[int, int] | None
+    simulated: bool  # capability comes from BLOCKFP8_ARCH / --arch, not from a GPU
+    python_version: str
+    torch_version: str
+    cuda_version: str | None
+    triton_version: str | None
+    libraries: dict[str, bool] = field(default_factory=dict)  # importable (find_spec), not necessarily usable
+
+    @property
+    def family(self) -> int | None:
+        return family_of(self.capability)
+
+    @property
+    def arch(self) -> str | None:
+        return None if self.capability is None else f"sm_{self.capability[0]}{self.capability[1]}"
+
+    @property
+    def is_hopper(self) -> bool:
+        return self.family == 90
+
+    @property
+    def ue8m0_only_deepgemm(self) -> bool:
+        """DeepGEMM's block-scaled MMA on these parts takes only power-of-two (UE8M0) scales."""
+        return self.family in (100, 120)
+
+    def has(self, library: str) -> bool:
+        return self.libraries.get(library, False)
+
+    def describe(self) -> str:
+        if self.capability is None:
+            return "CPU (no CUDA GPU)"
+        fam = FAMILY_NAMES.get(self.family or -1, f"SM{self.family}")
+        what = self.gpu_name or "simulated GPU"
+        return f"{what}, {self.arch} ({fam}){' [simulated]' if self.simulated else ''}"
+
+    def as_dict(self) -> dict:
+        return {
+            "device": self.device,
+            "gpu_name": self.gpu_name,
+            "capability": list(self.capability) if self.capability else None,
+            "arch": self.arch,
+            "family": self.family,
+            "simulated": self.simulated,
+            "python": self.python_version,
+            "torch": self.torch_version,
+            "cuda": self.cuda_version,
+            "triton": self.triton_version,
+            "libraries": dict(self.libraries),
+        }
+
+
+def detect(arch: str | None = None) -> Platform:
+    """The platform now. `arch` (else BLOCKFP8_ARCH) overrides the capability."""
+    import torch
+
+    override = arch if arch is not None else envs.get("BLOCKFP8_ARCH")
+    has_cuda = torch.cuda.is_available()
+    gpu_name, capability = None, None
+    if has_cuda:
+        gpu_name = torch.cuda.get_device_name()
+        capability = tuple(torch.cuda.get_device_capability())
+    simulated = False
+    if override:
+        capability, simulated = parse_arch(override), True
+    libraries = {name: importlib.util.find_spec(name) is not None for name in OPTIONAL_LIBRARIES}
+    return Platform(
+        device="cuda" if has_cuda else "cpu",
+        gpu_name=gpu_name,
+        capability=capability,
+        simulated=simulated,
+        python_version=_pyplatform.python_version(),
+        torch_version=torch.__version__,
+        cuda_version=torch.version.cuda,
+        triton_version=_version("triton") if libraries["triton"] else None,
+        libraries=libraries,
+    )

@@ -1,0 +1,32 @@
+"""The one table of numerical tolerances. Tests and GPU checks read from here; no magic numbers elsewhere."""
+
+from __future__ import annotations
+
+import torch
+
+# Quantizers (reference vs kernels): bit-exact.
+QUANT_BITWISE = 0
+
+# Kernel GEMM vs a float32 matmul of the *dequantized* operands: atol = 2**-7 * max|ref| for bf16 output
+# (one bf16 rounding of the largest output plus accumulation-order noise), tighter for fp16/fp32.
+GEMM_ATOL_FRACTION = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10, torch.float32: 2.0**-16}
+
+# End to end (layer with on-the-fly quantization vs the unquantized float op): DeepGEMM's calc_diff bound.
+E2E_CALC_DIFF = 1e-3
+
+# Reference GEMM vs float64 matmul of the same dequantized operands (float32 accumulate).
+REFERENCE_GEMM_RTOL = 1e-5
+
+
+def gemm_atol(ref: torch.Tensor, out_dtype: torch.dtype) -> float:
+    return GEMM_ATOL_FRACTION[out_dtype] * float(ref.abs().max()) if ref.numel() else 0.0
+
+
+def fp8_roundtrip_rel_bound(fp8_dtype: torch.dtype = torch.float8_e4m3fn) -> float:
+    """Max relative error of one FP8 rounding for a normal value: half an ulp = 2**-(mantissa bits + 1)."""
+    return 2.0**-4  # E4M3 (both fn and fnuz) have 3 mantissa bits
+
+
+def fp8_subnormal_step(fp8_dtype: torch.dtype = torch.float8_e4m3fn) -> float:
+    """Spacing of FP8 subnormals (absolute error bound, in units of the scale, for tiny values)."""
+    return 2.0**-9 if fp8_dtype == torch.float8_e4m3fn else 2.0**-10
