@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "env": ("blockfp8.cli.env_cmd", "versions, GPU and SM capability, optional libraries"),
+    "audit": ("blockfp8.cli.audit_cmd", "measure the UE8M0-vs-float32 error of a model layer by layer"),
 }
 
 

@@ -64,7 +64,9 @@ def _check_tensor(t, name: str) -> None:
 def _check_float_input(t: torch.Tensor, name: str) -> None:
     _check_tensor(t, name)
     if t.dtype not in _FLOAT_INPUTS:
-        raise QuantError(f"{name}: dtype {t.dtype} cannot be quantized; expected one of float32, bfloat16, float16, float64")
+        raise QuantError(
+            f"{name}: dtype {t.dtype} cannot be quantized; expected one of float32, bfloat16, float16, float64"
+        )
 
 
 def _check_fp8(t: torch.Tensor, name: str) -> None:
@@ -365,8 +367,8 @@ def requant_to_ue8m0(
     name: str = "weight",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Requantize a float32-scaled FP8 weight to power-of-two scales: dequantize, then quantize again with
-    UE8M0 scales (the second FP8 rounding a UE8M0-only kernel costs). Scales that are already powers of two
-    and blocks whose maximum already fits give back the same bits."""
+    UE8M0 scales (the second FP8 rounding a UE8M0-only kernel costs). A weight that already has UE8M0 scales
+    comes back with the same dequantized values (the scale may halve where the block maximum rounded to 224)."""
     w = dequantize_weight(q, scale, block_size, torch.float32, name=name)
     return quantize_weight(w, block_size, "ue8m0", fp8_dtype=q.dtype, name=name)
 
