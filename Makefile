@@ -21,7 +21,7 @@ demo: $(VENV)/.stamp
 	$(BIN)/blockfp8 audit --model smollm2 --weights-only
 
 lint: $(VENV)/.stamp
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/python -m pytest -q -n 2
