@@ -7,6 +7,7 @@ Booleans are 0/1; an unknown value raises EnvError listing the valid ones.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,59 @@ def _csv(name: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
 
 
+# The backend ids as plain strings (blockfp8.backends.base.BackendId holds the same values; a test keeps them equal).
+# Kept here so that envs stays stdlib-only and can validate BLOCKFP8_GEMM_BACKEND without importing the backends.
+BACKEND_IDS = ("auto", "deepgemm", "scaled_mm", "triton", "reference")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _choice(name: str, valid: tuple[str, ...], upper: bool = False) -> str | None:
+    value = _str(name)
+    if value is None:
+        return None
+    value = value.upper() if upper else value.lower()
+    if value not in valid:
+        raise EnvError(f"{name}={value!r} is not valid; valid values: {', '.join(valid)} (or unset)")
+    return value
+
+
+def _csv_choices(name: str, valid: tuple[str, ...]) -> tuple[str, ...]:
+    values = _csv(name)
+    bad = [v for v in values if v not in valid]
+    if bad:
+        listed = ", ".join(map(repr, bad))
+        raise EnvError(f"{name}: {listed} not valid; valid values: a comma list of {', '.join(valid)}")
+    return values
+
+
+_ARCH_RE = re.compile(r"^(?:sm_?)?(\d+)(?:\.(\d))?([af]?)$", re.IGNORECASE)
+
+
+def parse_arch(text: str) -> tuple[int, int]:
+    """'sm_90', '90', '9.0', 'sm_100a', '100', '10.3', 'sm_120' -> (major, minor); raises EnvError otherwise."""
+    m = _ARCH_RE.match(text.strip())
+    if not m:
+        raise EnvError(
+            f"arch {text!r} is not valid; examples of valid values: sm_89, sm_90, 90, 9.0, sm_100a, sm_103, sm_120"
+        )
+    digits, minor = m.group(1), m.group(2)
+    if minor is not None:
+        return int(digits), int(minor)
+    if len(digits) < 2:
+        raise EnvError(f"arch {text!r} is not valid; give major and minor, e.g. sm_90 or 9.0")
+    return int(digits[:-1]), int(digits[-1])
+
+
+def _arch(name: str) -> str | None:
+    value = _str(name)
+    if value is not None:
+        try:
+            parse_arch(value)
+        except EnvError as exc:
+            raise EnvError(f"{name}: {exc}") from None
+    return value
+
+
 @dataclass(frozen=True)
 class EnvVar:
     name: str
@@ -67,22 +121,22 @@ ENV_VARS: dict[str, EnvVar] = {
         EnvVar(
             "BLOCKFP8_GEMM_BACKEND", "auto | deepgemm | scaled_mm | triton | reference", "auto",
             "Backend for dense layers; an explicit choice that cannot run raises.",
-            lambda: _str("BLOCKFP8_GEMM_BACKEND"),
+            lambda: _choice("BLOCKFP8_GEMM_BACKEND", BACKEND_IDS),
         ),
         EnvVar(
-            "BLOCKFP8_DISABLED_BACKENDS", "comma list of backend ids", "empty",
-            "Backends never chosen automatically.",
-            lambda: _csv("BLOCKFP8_DISABLED_BACKENDS"),
+            "BLOCKFP8_DISABLED_BACKENDS", "comma list of deepgemm, scaled_mm, triton, reference", "empty",
+            "Backends never chosen automatically (an explicit choice still wins).",
+            lambda: _csv_choices("BLOCKFP8_DISABLED_BACKENDS", BACKEND_IDS[1:]),
         ),
         EnvVar(
             "BLOCKFP8_ARCH", "sm_90, 90, 9.0, sm_100a, ...", "unset (the real GPU)",
             "Pretend to be this SM capability, to plan any GPU's decision on a CPU box.",
-            lambda: _str("BLOCKFP8_ARCH"),
+            lambda: _arch("BLOCKFP8_ARCH"),
         ),
         EnvVar(
             "BLOCKFP8_LOG_LEVEL", "DEBUG | INFO | WARNING | ERROR", "WARNING",
             "Level of the blockfp8 logger.",
-            lambda: (_str("BLOCKFP8_LOG_LEVEL") or "WARNING").upper(),
+            lambda: _choice("BLOCKFP8_LOG_LEVEL", LOG_LEVELS, upper=True) or "WARNING",
         ),
     )
 }

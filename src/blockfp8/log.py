@@ -22,12 +22,12 @@ def get_logger(name: str = _ROOT) -> logging.Logger:
     return logger
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def warn_once(message: str) -> None:
     get_logger().warning(message)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def info_once(message: str) -> None:
     get_logger().info(message)
 

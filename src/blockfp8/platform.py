@@ -10,29 +10,12 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import platform as _pyplatform
-import re
 from dataclasses import dataclass, field
 
 from blockfp8 import envs
-from blockfp8.envs import EnvError
+from blockfp8.envs import EnvError, parse_arch  # noqa: F401  (parse_arch is re-exported)
 
 OPTIONAL_LIBRARIES = ("triton", "deep_gemm", "transformers", "safetensors", "gguf", "accelerate", "matplotlib")
-
-_ARCH_RE = re.compile(r"^(?:sm_?)?(\d+)(?:\.(\d))?([af]?)$", re.IGNORECASE)
-
-
-def parse_arch(text: str) -> tuple[int, int]:
-    """'sm_90', '90', '9.0', 'sm_100a', '100', '10.3', 'sm_120' -> (major, minor)."""
-    m = _ARCH_RE.match(text.strip())
-    if not m:
-        raise EnvError(f"arch {text!r} is not valid; examples of valid values: sm_89, sm_90, 90, 9.0, sm_100a, sm_103, sm_120")
-    digits, minor = m.group(1), m.group(2)
-    if minor is not None:
-        return int(digits), int(minor)
-    if len(digits) < 2:
-        raise EnvError(f"arch {text!r} is not valid; give major and minor, e.g. sm_90 or 9.0")
-    return int(digits[:-1]), int(digits[-1])
-
 
 def family_of(capability: tuple[int, int] | None) -> int | None:
     """SM family: 90 Hopper; 100 for SM100/SM103 (B200/B300); 120 for SM120/SM121; else major*10+minor."""
@@ -46,7 +29,12 @@ def family_of(capability: tuple[int, int] | None) -> int | None:
     return major * 10 + minor
 
 
-FAMILY_NAMES = {89: "Ada", 90: "Hopper", 100: "Blackwell datacenter (SM100/SM103)", 120: "Blackwell consumer (SM120/SM121)"}
+FAMILY_NAMES = {
+    89: "Ada",
+    90: "Hopper",
+    100: "Blackwell datacenter (SM100/SM103)",
+    120: "Blackwell consumer (SM120/SM121)",
+}
 
 
 def _version(dist: str) -> str | None:

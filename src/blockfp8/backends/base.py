@@ -90,6 +90,12 @@ class Decision:
     arch: str | None  # "sm_90", ... or None for CPU
     reasons: tuple[str, ...] = ()  # every backend considered and why it was taken or skipped
     warnings: tuple[str, ...] = ()  # logged once each, by the consumer that acts on the decision
+    # Backends, in preference order (the chosen one first), that are supported, can implement the problem, are
+    # allowed by the policy and take the same scale *format* as the chosen one: what per-M-bucket dispatch may
+    # pick from. Layouts differ per backend: ``select.for_candidate(decision, id)`` gives each one's decision.
+    candidates: tuple[BackendId, ...] = ()
+    fp8_dtype: str = "float8_e4m3fn"  # torch dtype name of the FP8 operands (from the problem)
+    simulated: bool = False  # a plan for a BLOCKFP8_ARCH / --arch GPU, not necessarily this machine
 
     def as_dict(self) -> dict:
         return {
@@ -105,6 +111,9 @@ class Decision:
             "arch": self.arch,
             "reasons": list(self.reasons),
             "warnings": list(self.warnings),
+            "candidates": [str(c) for c in self.candidates],
+            "fp8_dtype": self.fp8_dtype,
+            "simulated": self.simulated,
         }
 
 
@@ -133,6 +142,14 @@ class GemmBackend(Protocol):
         """Dtypes, block sizes, alignment."""
         ...
 
+    def required_scale_fmt(self, platform: Platform) -> ScaleFmt | None:
+        """The only scale format this kernel takes on this platform, or None when it takes either."""
+        ...
+
+    def scale_layouts(self, platform: Platform) -> tuple[ScaleLayout, ScaleLayout]:
+        """(activation scale layout, weight scale layout) this kernel takes on this platform."""
+        ...
+
     def prepare_weight(self, w_q: torch.Tensor, w_scale: torch.Tensor, decision: Decision,
                        block_size: tuple[int, int]) -> PreparedWeight:
         """One-time layout / scale-format work, as the decision says."""
@@ -146,3 +163,42 @@ class GemmBackend(Protocol):
              bias: torch.Tensor | None = None) -> torch.Tensor:
         """out[M, N] = x @ w.T with per-128-K promotion of the scales."""
         ...
+
+
+def check_decision_for(decision: Decision, backend: BackendId) -> None:
+    """A backend acts only on a decision made for it: scales laid out for one kernel (packed UE8M0 int32 words,
+    say) must never reach another (REFERENCE.md §1, defect 4)."""
+    if decision.backend is not backend:
+        raise ValueError(
+            f"decision is for backend {decision.backend} ({decision.kind}), not {backend}: resolve the layer again "
+            f"or use select.for_candidate(decision, {str(backend)!r}) to get this backend's scale format and layout"
+        )
+
+
+def scales_for_decision(w_q: torch.Tensor, w_scale: torch.Tensor, decision: Decision, block_size: tuple[int, int]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weight, float32 scales, checkpoint float32 scales) in the format the decision asks for, before any
+    backend-specific layout. The UE8M0 requant (a second FP8 rounding) happens only when the decision says so, on
+    new tensors, so the checkpoint's weight and scales stay usable by another backend."""
+    from blockfp8.quant import reference as ref
+
+    checkpoint_scale = ref.scales_to_float32(w_scale, "weight_scale")
+    if decision.requant_weight_ue8m0:
+        weight, scale = ref.requant_to_ue8m0(w_q, checkpoint_scale, block_size)
+        return weight, scale, checkpoint_scale
+    return w_q, checkpoint_scale, checkpoint_scale
+
+
+def lay_out_act_scales(scale: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
+    """Activation scales ``[M, G]`` (float32, row-major) in the layout a kernel takes: MN-major with the M stride
+    padded to a multiple of 4 (TMA-aligned), or packed UE8M0 int32 words (which pack_ue8m0 lays out MN-major)."""
+    from blockfp8.quant import reference as ref
+
+    if layout is ScaleLayout.ROW_MAJOR:
+        return scale
+    if layout is ScaleLayout.PACKED_UE8M0:
+        return ref.pack_ue8m0(scale)
+    m, groups = scale.shape
+    storage = scale.new_zeros((groups, ref.tma_aligned(m)))
+    storage[:, :m] = scale.t()
+    return storage.t()[:m]

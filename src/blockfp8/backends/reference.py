@@ -1,0 +1,71 @@
+"""The reference backend: pure torch on any device, the numerical source of truth (``quant.reference``).
+
+Slow, exact to the definition, always available: the last resort of the policy and what every kernel is
+compared with.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from blockfp8.backends.base import (
+    BackendId,
+    Decision,
+    GemmProblem,
+    PreparedWeight,
+    ScaleFmt,
+    ScaleLayout,
+    check_decision_for,
+    scales_for_decision,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from blockfp8.platform import Platform
+
+_FP8_DTYPES = ("float8_e4m3fn", "float8_e4m3fnuz")
+_OUT_DTYPES = ("bfloat16", "float16", "float32")
+
+
+class ReferenceBackend:
+    name: ClassVar[BackendId] = BackendId.REFERENCE
+
+    def is_supported(self, platform: Platform) -> tuple[bool, str]:
+        return True, "pure torch, runs on any device"
+
+    def can_implement(self, problem: GemmProblem) -> tuple[bool, str]:
+        if problem.fp8_dtype not in _FP8_DTYPES:
+            return False, f"fp8 dtype {problem.fp8_dtype} is not one of {', '.join(_FP8_DTYPES)}"
+        if problem.out_dtype not in _OUT_DTYPES:
+            return False, f"output dtype {problem.out_dtype} is not one of {', '.join(_OUT_DTYPES)}"
+        return True, "any shape and block size"
+
+    def required_scale_fmt(self, platform: Platform) -> ScaleFmt | None:
+        return None
+
+    def scale_layouts(self, platform: Platform) -> tuple[ScaleLayout, ScaleLayout]:
+        return ScaleLayout.ROW_MAJOR, ScaleLayout.ROW_MAJOR
+
+    def prepare_weight(self, w_q: torch.Tensor, w_scale: torch.Tensor, decision: Decision,
+                       block_size: tuple[int, int]) -> PreparedWeight:
+        """Keeps the checkpoint scales (as float32); requantizes to UE8M0 only when the decision says so."""
+        check_decision_for(decision, self.name)
+        weight, scale, checkpoint_scale = scales_for_decision(w_q, w_scale, decision, block_size)
+        return PreparedWeight(self.name, weight, scale, checkpoint_weight=w_q, checkpoint_scale=checkpoint_scale,
+                              block_size=tuple(block_size))
+
+    def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        from blockfp8.quant import reference as ref
+
+        check_decision_for(decision, self.name)
+        return ref.quantize_act(x, group_size, str(decision.act_scale_fmt),
+                                fp8_dtype=getattr(torch, decision.fp8_dtype))
+
+    def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
+             bias: torch.Tensor | None = None) -> torch.Tensor:
+        from blockfp8.quant import reference as ref
+
+        return ref.gemm_reference(x_q, x_scale, prepared.weight, prepared.scale, prepared.block_size, out_dtype, bias)

@@ -1,0 +1,206 @@
+"""BlockFP8Config: what a checkpoint and the user ask for, before any backend is chosen.
+
+Built from an HF ``quantization_config`` dict (:meth:`BlockFP8Config.from_hf_quant_config`), from a whole
+``config.json`` (:meth:`BlockFP8Config.from_hf_config`) or from CLI flags (:func:`add_cli_arguments` +
+:func:`from_cli_args`). Fields left at their "decide for me" value (``None`` / ``"auto"``) are resolved by the
+policy in ``blockfp8.backends.select``; a field set here is an *explicit* choice and outranks every environment
+variable. Stays free of torch and of the backends, so the CLI and the audit can build it cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from blockfp8.envs import BACKEND_IDS
+
+SCALE_FMTS = ("float32", "ue8m0")
+ACTIVATION_SCHEMES = ("dynamic",)
+FP8_FORMATS = ("e4m3",)
+_TRISTATE_FLAG = {"auto": None, "on": True, "off": False}
+MODEL_TYPE_HELP = "HF (text) model type, e.g. qwen3_5_text: what the accuracy guard reads"
+
+
+class ConfigError(ValueError):
+    """A config field holds a value we do not accept; the message names the field."""
+
+
+@dataclass(frozen=True)
+class AuditVerdict:
+    """A measured verdict on UE8M0 scales for one model, fed to the accuracy guard (filled by the audit).
+
+    ``ue8m0_ok=False`` makes the guard keep DeepGEMM off where its kernel takes only UE8M0 scales, even for a model
+    type the hand-kept list does not name; ``True`` lifts the list's verdict for a listed type. ``evidence`` says
+    what was measured (shown in the warning and in ``explain``).
+    """
+
+    ue8m0_ok: bool
+    evidence: str
+    model_type: str | None = None  # the model it was measured on; None = whatever model the config is for
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ue8m0_ok, bool):
+            raise ConfigError(f"audit.ue8m0_ok={self.ue8m0_ok!r} must be True or False")
+        if not isinstance(self.evidence, str) or not self.evidence.strip():
+            raise ConfigError("audit.evidence must say what was measured (a non-empty string)")
+
+
+@dataclass(frozen=True)
+class BlockFP8Config:
+    weight_block_size: tuple[int, int] = (128, 128)
+    activation_scheme: str = "dynamic"
+    scale_fmt: str | None = None  # "float32" | "ue8m0" | None = the policy decides per backend
+    use_deep_gemm: bool | None = None  # None = decide (guard, defaults); True = force on; False = off everywhere
+    moe_use_deep_gemm: bool | None = None  # MoE layers only; None = follow use_deep_gemm
+    linear_backend: str = "auto"  # "auto" or a backend id
+    moe_backend: str = "auto"
+    ignored_layers: tuple[str, ...] = ()  # module names left unquantized (HF modules_to_not_convert + ignored_layers)
+    model_type: str | None = None  # HF (text) model type, e.g. "qwen3_5_text": what the accuracy guard looks at
+    audit: AuditVerdict | None = None  # measured UE8M0 verdict (the audit issue); None = only the hand-kept list
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise in place once, here
+        set_(self, "weight_block_size", _block_size(self.weight_block_size))
+        if self.activation_scheme not in ACTIVATION_SCHEMES:
+            raise ConfigError(
+                f"activation_scheme={self.activation_scheme!r} is not supported; valid values: "
+                f"{', '.join(ACTIVATION_SCHEMES)} (static activation scales are not block-scaled FP8)"
+            )
+        if self.scale_fmt is not None:
+            set_(self, "scale_fmt", _choice("scale_fmt", self.scale_fmt, SCALE_FMTS))
+        for name in ("use_deep_gemm", "moe_use_deep_gemm"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"{name}={value!r} must be True, False or None (decide automatically)")
+        for name in ("linear_backend", "moe_backend"):
+            set_(self, name, _choice(name, getattr(self, name), BACKEND_IDS))
+        if isinstance(self.ignored_layers, str) or not all(isinstance(x, str) for x in self.ignored_layers):
+            raise ConfigError(f"ignored_layers={self.ignored_layers!r} must be a list of module names")
+        set_(self, "ignored_layers", tuple(self.ignored_layers))
+        if self.model_type is not None and (not isinstance(self.model_type, str) or not self.model_type.strip()):
+            raise ConfigError(f"model_type={self.model_type!r} must be a non-empty string or None")
+        if self.audit is not None and not isinstance(self.audit, AuditVerdict):
+            raise ConfigError(f"audit must be an AuditVerdict or None, got {type(self.audit).__name__}")
+
+    def deep_gemm_knob(self, kind: str) -> tuple[bool | None, str]:
+        """The use-DeepGEMM setting for a layer kind and the field it came from (MoE's own knob wins there)."""
+        if kind == "moe" and self.moe_use_deep_gemm is not None:
+            return self.moe_use_deep_gemm, "moe_use_deep_gemm"
+        return self.use_deep_gemm, "use_deep_gemm"
+
+    def backend_knob(self, kind: str) -> tuple[str, str]:
+        name = "moe_backend" if kind == "moe" else "linear_backend"
+        return getattr(self, name), name
+
+    @classmethod
+    def from_hf_quant_config(cls, quant_config: Mapping[str, Any], **overrides: Any) -> BlockFP8Config:
+        """From an HF / DeepSeek ``quantization_config`` dict. ``overrides`` set any other field (model_type, ...)."""
+        if not isinstance(quant_config, Mapping):
+            raise ConfigError(f"quantization_config must be a JSON object, got {type(quant_config).__name__}")
+        method = quant_config.get("quant_method", "fp8")
+        if method != "fp8":
+            raise ConfigError(f"quantization_config.quant_method={method!r} is not block FP8; expected 'fp8'")
+        fmt = quant_config.get("fmt", "e4m3")
+        if fmt not in FP8_FORMATS:
+            valid = ", ".join(FP8_FORMATS)
+            raise ConfigError(f"quantization_config.fmt={fmt!r} is not supported; valid values: {valid}")
+        if quant_config.get("weight_block_size") is None:
+            raise ConfigError(
+                "quantization_config.weight_block_size is missing: per-tensor FP8 is not block-scaled FP8"
+            )
+        skip: list[str] = []
+        for key in ("ignored_layers", "modules_to_not_convert"):  # vLLM and HF spellings: read both
+            names = quant_config.get(key) or []
+            if isinstance(names, str) or not isinstance(names, Sequence):
+                raise ConfigError(f"quantization_config.{key}={names!r} must be a list of module names")
+            skip += [n for n in names if n not in skip]
+        kwargs: dict[str, Any] = {
+            "weight_block_size": quant_config["weight_block_size"],
+            "activation_scheme": quant_config.get("activation_scheme", "dynamic"),
+            "scale_fmt": quant_config.get("scale_fmt"),
+            "ignored_layers": tuple(skip),
+        }
+        kwargs.update(overrides)
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"quantization_config: {exc}") from None
+
+    @classmethod
+    def from_hf_config(cls, config: Mapping[str, Any], **overrides: Any) -> BlockFP8Config:
+        """From a whole ``config.json`` dict: its ``quantization_config`` plus the text model type."""
+        if "quantization_config" not in config:
+            raise ConfigError("config.json has no quantization_config: not an FP8 checkpoint")
+        overrides.setdefault("model_type", text_model_type(config))
+        return cls.from_hf_quant_config(config["quantization_config"], **overrides)
+
+
+def text_model_type(config: Mapping[str, Any]) -> str | None:
+    """The language model's type: ``text_config.model_type`` for multimodal wrappers, else ``model_type``.
+    The accuracy guard is keyed on this (vLLM reads ``hf_text_config.model_type`` too)."""
+    text = config.get("text_config")
+    if isinstance(text, Mapping) and text.get("model_type"):
+        return text["model_type"]
+    return config.get("model_type")
+
+
+def has_experts(config: Mapping[str, Any]) -> bool:
+    """Whether an HF config describes an MoE model (any of the usual expert-count keys, top level or text_config)."""
+    keys = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+    scopes = [config, config.get("text_config") or {}]
+    return any(isinstance(s, Mapping) and (s.get(k) or 0) > 1 for s in scopes for k in keys)
+
+
+def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
+    text = str(getattr(value, "value", value)).strip().lower()  # accepts the str-Enums of backends.base too
+    if text not in valid:
+        raise ConfigError(f"{name}={value!r} is not valid; valid values: {', '.join(valid)}")
+    return text
+
+
+def _block_size(value: Any) -> tuple[int, int]:
+    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    if not ok:
+        raise ConfigError(f"weight_block_size={value!r} must be two positive integers, e.g. [128, 128]")
+    return int(value[0]), int(value[1])
+
+
+# ------------------------------------------------------------------------------------------------ CLI flags
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser, model_type: bool = True) -> None:
+    """The config flags shared by every subcommand that builds layers (explain, eval, bench, ...).
+    ``model_type=False`` leaves ``--model-type`` to the caller (e.g. in a group exclusive with ``--checkpoint``)."""
+    if model_type:
+        parser.add_argument("--model-type", help=MODEL_TYPE_HELP)
+    parser.add_argument("--use-deep-gemm", choices=tuple(_TRISTATE_FLAG), default="auto",
+                        help="DeepGEMM for dense and MoE layers: on forces it (even for a guarded model), off disables "
+                             "it, auto lets the policy decide (default); outranks BLOCKFP8_USE_DEEP_GEMM")
+    parser.add_argument("--moe-use-deep-gemm", choices=tuple(_TRISTATE_FLAG), default="auto",
+                        help="the same for MoE layers only; outranks --use-deep-gemm there")
+    parser.add_argument("--linear-backend", choices=BACKEND_IDS, default="auto", help="backend for dense layers")
+    parser.add_argument("--moe-backend", choices=BACKEND_IDS, default="auto", help="backend for MoE layers")
+    parser.add_argument("--scale-fmt", choices=("auto", *SCALE_FMTS), default="auto",
+                        help="scale format for every kernel; auto = float32 unless the kernel needs UE8M0")
+
+
+def from_cli_args(args: argparse.Namespace, base: BlockFP8Config | None = None) -> BlockFP8Config:
+    """``base`` (e.g. from a checkpoint) with every flag the user actually gave applied on top."""
+    explicit: dict[str, Any] = {}
+    if getattr(args, "model_type", None):
+        explicit["model_type"] = args.model_type
+    for flag in ("use_deep_gemm", "moe_use_deep_gemm"):
+        value = getattr(args, flag, "auto")
+        if value != "auto":
+            explicit[flag] = _TRISTATE_FLAG[value]
+    for flag in ("linear_backend", "moe_backend"):
+        if getattr(args, flag, "auto") != "auto":
+            explicit[flag] = getattr(args, flag)
+    if getattr(args, "scale_fmt", "auto") != "auto":
+        explicit["scale_fmt"] = args.scale_fmt
+    base = base or BlockFP8Config()
+    return replace(base, **explicit)
+
