@@ -13,6 +13,11 @@ __version__ = "0.1.0"
 # Public name -> module that defines it; resolved on first access (PEP 562).
 _LAZY = {
     "quant": "blockfp8.quant",
+    # layers and models (issue 4)
+    "BlockFP8Linear": "blockfp8.nn",
+    "BlockFP8MoE": "blockfp8.nn",
+    "quantize_model": "blockfp8.nn",
+    "load_fp8_checkpoint": "blockfp8.nn",
 }
 
 

@@ -1,0 +1,72 @@
+"""Quantize a bf16/fp32 safetensors model folder (SRC) into a block-FP8 checkpoint folder (DST) that vLLM,
+SGLang, transformers and `blockfp8.load_fp8_checkpoint` read (HF `quant_method: fp8`).
+
+Every nn.Linear of the model except lm_head, MoE router gates and --ignore'd modules, and every MoE expert,
+is quantized in 2-D blocks; other tensors are copied; tokenizer and other files are copied. It streams tensor
+by tensor (peak memory ~ the largest tensor), writes to a temporary folder beside DST and renames it at the
+end, never modifies SRC, and refuses an existing DST unless --overwrite. Pickle checkpoints (.bin/.pt) are
+refused. Exit codes: 0 done, 1 bad checkpoint (nothing written), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _block(text: str) -> tuple[int, int]:
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--block {text!r}: expected N,K (e.g. 128,128) or one integer") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"--block {text!r}: expected two positive integers N,K (e.g. 128,128)")
+    return values[0], values[1]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", metavar="SRC", help="model folder: config.json + *.safetensors (single or sharded)")
+    p.add_argument("dst", metavar="DST", help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--block", type=_block, default=(128, 128), metavar="N,K",
+                   help="weight block size (default 128,128)")
+    p.add_argument("--scale-fmt", choices=("float32", "ue8m0"), default="float32",
+                   help="block scale format: float32 (block max lands on 448) or ue8m0 (powers of two, written as "
+                        "float32 values with scale_fmt: ue8m0 in the config); default float32")
+    p.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
+                   help="leave matching modules unquantized (repeatable): a module name (also matches modules "
+                        "under it and ending in it), a glob (*.mlp.down_proj) or re:REGEX")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from blockfp8.formats import CheckpointError, quantize_checkpoint
+    from blockfp8.nn.quantize import ModelTensorSelector
+
+    try:
+        selector = ModelTensorSelector(args.src, args.ignore)
+        report = quantize_checkpoint(args.src, args.dst, selector, block_size=args.block, scale_fmt=args.scale_fmt,
+                                     overwrite=args.overwrite, progress=not args.no_progress)
+    except CheckpointError as exc:
+        print(f"blockfp8 quantize: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    print(f"wrote {report.dst}: {len(report.quantized)} weights quantized to FP8 (block {list(report.block_size)}, "
+          f"{report.scale_fmt} scales), {len(report.kept)} tensors copied as is; "
+          f"{report.bytes_in / 2**20:.1f} MiB -> {report.bytes_out / 2**20:.1f} MiB")
+    if report.skipped_modules:
+        shown = ", ".join(report.skipped_modules[:6]) + (" ..." if len(report.skipped_modules) > 6 else "")
+        print(f"left in high precision ({len(report.skipped_modules)}): {shown}")
+    if report.copied_files:
+        print(f"copied: {', '.join(report.copied_files)}")
+    for name, why in report.not_copied.items():
+        print(f"not copied: {name} ({why})")
+    return 0

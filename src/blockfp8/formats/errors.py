@@ -1,0 +1,20 @@
+"""The one error type of checkpoint reading and writing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder, file or tensor is unusable. The message names the file and, when there is one,
+    the tensor or config field, and says what is wrong."""
+
+    def __init__(self, message: str, *, file: str | Path | None = None, tensor: str | None = None):
+        where = []
+        if file is not None:
+            where.append(str(file))
+        if tensor is not None:
+            where.append(f"tensor {tensor!r}")
+        super().__init__(f"{': '.join(where)}: {message}" if where else message)
+        self.file = None if file is None else str(file)
+        self.tensor = tensor

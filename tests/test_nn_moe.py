@@ -1,0 +1,148 @@
+"""BlockFP8MoE / BlockFP8Experts vs transformers' own Qwen3-MoE and Mixtral sparse MoE blocks, and vs an
+independent per-token oracle built from BlockFP8Linear layers on the same FP8 weights."""
+
+import pytest
+import torch
+import transformers
+from transformers import MixtralConfig, Qwen3MoeConfig
+from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+
+from blockfp8.backends import select
+from blockfp8.config import BlockFP8Config
+from blockfp8.nn import BlockFP8Experts, BlockFP8Linear, BlockFP8MoE, select_experts
+from blockfp8.quant import metrics
+from blockfp8.testing import tolerances as tol
+
+transformers.logging.set_verbosity_error()  # "ExpertsInterface used standalone" notice
+
+
+def _block(kind, seed, hidden=192, inter=160, experts=8, top_k=2, norm=True, dtype=torch.float32):
+    torch.manual_seed(seed)
+    if kind == "qwen3_moe":
+        cfg = Qwen3MoeConfig(hidden_size=hidden, moe_intermediate_size=inter, num_experts=experts,
+                             num_experts_per_tok=top_k, norm_topk_prob=norm)
+        block = Qwen3MoeSparseMoeBlock(cfg)
+    else:
+        cfg = MixtralConfig(hidden_size=hidden, intermediate_size=inter, num_local_experts=experts,
+                            num_experts_per_tok=top_k)
+        block = MixtralSparseMoeBlock(cfg)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return block.to(dtype).eval()
+
+
+CASES = [  # kind, hidden, intermediate (ragged and block-aligned), experts, top_k, norm_topk_prob
+    ("qwen3_moe", 192, 160, 8, 2, True),
+    ("qwen3_moe", 256, 256, 6, 3, False),
+    ("mixtral", 256, 384, 4, 2, True),
+    ("mixtral", 200, 100, 5, 1, True),
+]
+
+
+@pytest.mark.parametrize("kind,hidden,inter,experts,top_k,norm", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@torch.no_grad()
+def test_matches_transformers_block(kind, hidden, inter, experts, top_k, norm, dtype, device):
+    block = _block(kind, 0, hidden, inter, experts, top_k, norm, dtype).to(device)
+    x = torch.randn(3, 11, hidden).to(device=device, dtype=dtype)
+    want = block(x)
+    moe = BlockFP8MoE.from_module(block)
+    assert moe.top_k == top_k and moe.renormalize == norm
+    got = moe(x)
+    assert got.shape == want.shape and got.dtype == dtype
+    diff = metrics.calc_diff(got, want)
+    assert diff < tol.FP8_MLP_CALC_DIFF, f"{kind} H={hidden} I={inter} E={experts} k={top_k} {dtype}: {diff}"
+
+
+@pytest.mark.parametrize("kind,hidden,inter,experts,top_k,norm", CASES)
+@torch.no_grad()
+def test_routing_is_transformers_routing(kind, hidden, inter, experts, top_k, norm):
+    block = _block(kind, 1, hidden, inter, experts, top_k, norm)
+    x = torch.randn(40, hidden)
+    _, t_weights, t_ids = block.gate(x)
+    moe = BlockFP8MoE.from_module(block, process=False)
+    _, weights, ids = moe.route(x)
+    assert torch.equal(ids, t_ids)
+    assert torch.allclose(weights, t_weights.float(), rtol=0, atol=1e-6)
+    w2, i2 = select_experts(x @ block.gate.weight.t(), top_k, norm)
+    assert torch.equal(i2, t_ids) and torch.equal(w2, weights)
+
+
+def _oracle(experts: BlockFP8Experts, x, ids, weights):
+    """Token by token, expert by expert, through BlockFP8Linear layers cut from the same FP8 tensors."""
+    i = experts.intermediate_size
+    cfg = BlockFP8Config(weight_block_size=experts.block_size)
+    layers = {}
+    for e in range(experts.num_experts):
+        for part in ("gate", "up", "down"):
+            w, s = experts._slices(part)
+            layers[e, part] = BlockFP8Linear.from_fp8(w[e].clone(), s[e].clone(), config=cfg,
+                                                     params_dtype=torch.float32)
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    for t in range(x.shape[0]):
+        for j in range(ids.shape[1]):
+            e = int(ids[t, j])
+            xt = x[t:t + 1]
+            h = experts.act_fn(layers[e, "gate"](xt)) * layers[e, "up"](xt)
+            out[t] += float(weights[t, j]) * layers[e, "down"](h)[0].double()
+    assert i == layers[0, "gate"].out_features
+    return out
+
+
+@pytest.mark.parametrize("inter", [160, 256])  # ragged halves (separate gate/up GEMMs) and the fused w13 path
+@torch.no_grad()
+def test_grouped_execution_matches_per_token_oracle(inter):
+    block = _block("qwen3_moe", 2, 192, inter, 8, 2)
+    moe = BlockFP8MoE.from_module(block)
+    x = torch.randn(29, 192)
+    _, weights, ids = moe.route(x)
+    got = moe.experts(x, ids, weights).double()
+    want = _oracle(moe.experts, x, ids, weights)
+    err = (got - want).abs().max().item()
+    assert err <= tol.gemm_atol(want, torch.float32), f"I={inter} diff={err}"
+
+
+@torch.no_grad()
+def test_experts_module_replaces_transformers_experts_in_place():
+    """quantize_model keeps the model's router and swaps the fused experts module: same call signature."""
+    block = _block("qwen3_moe", 3)
+    x = torch.randn(2, 5, 192)
+    want = block(x)
+    block.experts = BlockFP8Experts.from_fused(block.experts.gate_up_proj, block.experts.down_proj,
+                                               act_fn=block.experts.act_fn)
+    assert metrics.calc_diff(block(x), want) < tol.FP8_MLP_CALC_DIFF
+
+
+def test_one_moe_decision_per_gemm_shape(monkeypatch):
+    kinds = []
+    real = select.resolve
+    monkeypatch.setattr(select, "resolve", lambda p, c=None, pl=None, kind="linear": kinds.append((kind, p.n, p.k,
+                                                                                                   p.grouped))
+                        or real(p, c, pl, kind))
+    moe = BlockFP8MoE.from_module(_block("qwen3_moe", 4, 192, 160, 8, 2))
+    moe(torch.randn(7, 192))
+    assert kinds == [("moe", 320, 192, True), ("moe", 192, 160, True)]
+    assert set(moe.experts.decisions) == {"w13", "w2"}
+
+
+def test_experts_errors():
+    ex = BlockFP8Experts(4, 192, 160, name="blk.experts")
+    with pytest.raises(RuntimeError, match="blk.experts: call process_weights_after_loading"):
+        ex(torch.randn(3, 192), torch.zeros(3, 1, dtype=torch.long), torch.ones(3, 1))
+    with pytest.raises(ValueError, match="blk.experts.w13_weight_scale_inv: block scale"):
+        ex.process_weights_after_loading()
+    q = torch.zeros(160, 192, dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="blk.experts.experts.1.down.weight"):
+        ex.load_expert(1, "down", q, torch.ones(2, 2))
+    with pytest.raises(ValueError, match="expert index out of range"):
+        ex.load_expert(4, "gate", q, torch.ones(2, 2))
+    with pytest.raises(ValueError, match="shape \\(1, 1\\) does not match"):
+        ex.load_expert(0, "gate", q, torch.ones(1, 1))
+    block = _block("qwen3_moe", 5)
+    moe = BlockFP8MoE.from_module(block)
+    with pytest.raises(ValueError, match="expert index 9 out of range"):
+        moe.experts(torch.randn(2, 192), torch.tensor([[0], [9]]), torch.ones(2, 1))
+    with pytest.raises(ValueError, match="top_k=9"):
+        BlockFP8MoE(moe.experts, block.gate.weight, 9)
