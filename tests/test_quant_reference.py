@@ -244,3 +244,13 @@ def test_nonfinite_weight_names_tensor_and_block(bad):
     w[260, 130] = bad
     with pytest.raises(ref.QuantError, match=r"mlp\.down_proj: NaN or Inf in block \(2, 1\)"):
         ref.quantize_weight(w, name="mlp.down_proj")
+
+
+def test_scale_is_correctly_rounded_division():
+    # amax / 448 exactly rounded (float64 division rounded once to float32), not amax * (1/448)
+    amax = torch.rand(10000, dtype=torch.float32) * 100 + 1e-3
+    x = torch.zeros(10000, 128)
+    x[:, 0] = amax
+    _, s = ref.quantize_act(x)
+    expected = (amax.double() / 448.0).float()
+    assert torch.equal(s[:, 0], expected)

@@ -20,7 +20,6 @@ from blockfp8.backends.base import (
     ScaleFmt,
     ScaleLayout,
     check_decision_for,
-    lay_out_act_scales,
     scales_for_decision,
 )
 
@@ -103,13 +102,13 @@ class DeepGemmBackend:
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        from blockfp8.quant import reference as ref
+        from blockfp8.backends import act_quant
 
-        # Pure torch (no host sync); a fused quantizer can replace it. No Triton import here: backends stay apart.
+        # The fused quantizer (Triton on CUDA, the reference elsewhere; a shared kernel module, not a backend)
+        # writes the scales straight into this family's layout: MN-major float32 (SM90) or packed UE8M0 (SM100).
         check_decision_for(decision, self.name)
-        x_q, scale = ref.quantize_act(x, group_size, str(decision.act_scale_fmt),
+        return act_quant.quantize_act(x, group_size, str(decision.act_scale_fmt), str(decision.act_scale_layout),
                                       fp8_dtype=getattr(torch, decision.fp8_dtype))
-        return x_q, lay_out_act_scales(scale, decision.act_scale_layout)
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:

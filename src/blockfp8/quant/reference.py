@@ -247,7 +247,9 @@ def _block_view(t: torch.Tensor, bn: int, bk: int) -> torch.Tensor:
 
 
 def _make_scale(amax: torch.Tensor, eps: float, fmax: float, scale_fmt: str) -> torch.Tensor:
-    scale = amax.clamp(min=eps) / fmax
+    # Divide by a tensor, not a Python scalar: on CUDA torch turns `t / scalar` into `t * (1/scalar)`, which is not
+    # correctly rounded, and the scale would then differ between devices.
+    scale = amax.clamp(min=eps) / torch.full_like(amax, fmax)
     return ceil_to_ue8m0(scale) if scale_fmt == "ue8m0" else scale
 
 

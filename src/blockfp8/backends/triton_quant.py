@@ -1,0 +1,183 @@
+"""Fused 1 x G activation quantization in Triton, bit-identical to ``quant.reference.quantize_act``.
+
+One pass over ``x[M, K]``: per row and 128-wide group, ``amax`` -> scale (``max(amax, eps) / 448`` correctly
+rounded, then for UE8M0 the exponent ceil on the float32 bit pattern) -> ``q = clamp(x / s, +-448)`` (division
+correctly rounded, ``div_rn``) -> FP8. Scales are written directly in the layout the chosen GEMM takes:
+
+* ``row_major``    float32 ``[M, G]`` contiguous (Triton GEMM, reference);
+* ``mn_major``     float32 ``[M, G]`` with strides ``(1, align(M, 4))`` (torch ``scaled_mm``, DeepGEMM SM90);
+* ``packed_ue8m0`` int32 ``[M, ceil(G/4)]`` with strides ``(1, align(M, 4))``, 4 exponent bytes per word along K,
+  byte ``g % 4`` little-endian (DeepGEMM family 100); needs ``scale_fmt="ue8m0"``.
+
+``pad_m`` pads the row count (zero rows, finite scales) so that kernels with an M alignment rule (``scaled_mm``
+rejects M=1) can take the buffers as they are; the caller slices the GEMM output back to M rows.
+
+NaN/Inf follow the reference: a non-finite element makes its group's scale non-finite (NaN for UE8M0) and the
+group's values NaN (``tl.max`` drops NaN on GPU, so NaN is tracked explicitly).
+
+On CPU tensors the kernel runs in Triton's interpreter (small shapes only: that is for tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from blockfp8.quant.reference import ACT_EPS, QuantError, cdiv, tma_aligned
+
+LAYOUTS = ("row_major", "mn_major", "packed_ue8m0")
+_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.cache
+def _kernels():
+    """Build the Triton kernels once (Triton picks GPU or interpreter at decoration time)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _quantize_act_kernel(
+        x_ptr, q_ptr, s_ptr,
+        M, K, M_ROWS, G,
+        stride_xm, stride_qm, stride_sm, stride_sg,
+        eps, fmax,
+        UE8M0: tl.constexpr, PACKED: tl.constexpr,
+        GROUP: tl.constexpr, GROUPS_PER_PROG: tl.constexpr, BLOCK_M: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        pid_g = tl.program_id(1)
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, GROUP)
+        row_in = rows < M  # real rows; rows in [M, M_ROWS) are padding: zeros
+        row_out = rows < M_ROWS
+        word = tl.zeros([BLOCK_M], dtype=tl.int32)
+        for j in tl.static_range(GROUPS_PER_PROG):
+            g = pid_g * GROUPS_PER_PROG + j
+            k = g * GROUP + cols
+            kmask = k < K
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + k[None, :],
+                        mask=row_in[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+            amax = tl.max(tl.abs(x), axis=1)
+            has_nan = tl.sum((x != x).to(tl.int32), axis=1) > 0
+            amax = tl.maximum(amax, eps)
+            amax = tl.where(has_nan, float("nan"), amax)
+            scale = tl.math.div_rn(amax, fmax)
+            if UE8M0:
+                bits = scale.to(tl.int32, bitcast=True)
+                ex = (bits >> 23) & 0xFF
+                e = ex + ((bits & 0x7FFFFF) != 0).to(tl.int32)
+                e = tl.minimum(tl.maximum(e, 1), 254)
+                scale = tl.where(ex == 0xFF, float("nan"), (e << 23).to(tl.float32, bitcast=True))
+                if PACKED:
+                    byte = tl.where(ex == 0xFF, 0xFF, e)
+                    byte = tl.where(g < G, byte, 0)
+                    word = word | (byte << (8 * j))
+            q = tl.math.div_rn(x, scale[:, None])
+            q = tl.clamp(q, -fmax, fmax, propagate_nan=tl.PropagateNan.ALL)
+            q8 = q.to(q_ptr.dtype.element_ty)  # cvt.rn.satfinite: one rounding, checked bitwise on GPU
+            tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + k[None, :], q8,
+                     mask=row_out[:, None] & kmask[None, :])
+            if not PACKED:
+                tl.store(s_ptr + rows.to(tl.int64) * stride_sm + g * stride_sg, scale, mask=row_out)
+        if PACKED:
+            tl.store(s_ptr + rows.to(tl.int64) * stride_sm + pid_g * stride_sg, word, mask=row_out)
+
+    return {"quantize_act": _quantize_act_kernel}
+
+
+def check_device(t: torch.Tensor) -> None:
+    """CUDA tensors run compiled kernels; CPU tensors need Triton's interpreter, which is chosen process-wide
+    when Triton builds a kernel: on a machine without CUDA it is switched on here, elsewhere set
+    TRITON_INTERPRET=1 before the first kernel is built."""
+    if t.is_cuda:
+        if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+            raise QuantError("tensors are on CUDA but TRITON_INTERPRET is set: unset it to run compiled kernels")
+        return
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        if torch.cuda.is_available():
+            raise QuantError(f"tensor on {t.device}: Triton kernels run on CUDA tensors; for CPU tensors set "
+                             "TRITON_INTERPRET=1 (the interpreter, for tests at small shapes)")
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+def alloc_scales(m_rows: int, groups: int, layout: str, device) -> torch.Tensor:
+    """An uninitialised scale tensor of logical shape ``[m_rows, groups]`` (``ceil(groups/4)`` words when
+    packed) in ``layout``."""
+    if layout == "row_major":
+        return torch.empty((m_rows, groups), dtype=torch.float32, device=device)
+    mn_pad = tma_aligned(m_rows)
+    if layout == "mn_major":
+        return torch.empty((groups, mn_pad), dtype=torch.float32, device=device).t()[:m_rows]
+    if layout == "packed_ue8m0":
+        words = cdiv(groups, 4)
+        return torch.empty((words, mn_pad), dtype=torch.int32, device=device).t()[:m_rows]
+    raise QuantError(f"layout={layout!r} is not valid; valid values: {', '.join(LAYOUTS)}")
+
+
+def quantize_act(
+    x: torch.Tensor,
+    group_size: int = 128,
+    scale_fmt: str = "float32",
+    layout: str = "row_major",
+    *,
+    pad_m: int = 1,
+    fp8_dtype: torch.dtype = torch.float8_e4m3fn,
+    block_m: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``x[..., K]`` in 1 x ``group_size`` groups. Returns ``(q, scale)``.
+
+    ``row_major`` with no padding keeps the leading dims (``q[..., K]``, ``scale[..., G]``), like the reference.
+    Other layouts, or ``pad_m > 1``, flatten to 2-D: ``q[M_pad, K]`` and ``scale[M_pad, G]`` in ``layout``
+    (``M_pad`` = M rounded up to ``pad_m``; padding rows are zeros with finite scales).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise QuantError(f"activation: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _INPUT_DTYPES:
+        raise QuantError(f"activation: dtype {x.dtype} is not supported by the Triton quantizer (float32/bf16/fp16)")
+    if fp8_dtype != torch.float8_e4m3fn:
+        raise QuantError(f"fp8_dtype={fp8_dtype}: the Triton quantizer writes float8_e4m3fn only")
+    if scale_fmt not in ("float32", "ue8m0"):
+        raise QuantError(f"scale_fmt={scale_fmt!r} is not valid; valid values: float32, ue8m0")
+    if layout not in LAYOUTS:
+        raise QuantError(f"layout={layout!r} is not valid; valid values: {', '.join(LAYOUTS)}")
+    if layout == "packed_ue8m0" and scale_fmt != "ue8m0":
+        raise QuantError("layout='packed_ue8m0' holds exponent bytes: it needs scale_fmt='ue8m0'")
+    if group_size <= 0 or group_size & (group_size - 1) or group_size < 16:
+        raise QuantError(f"group_size={group_size}: the Triton quantizer needs a power of two >= 16")
+    if x.dim() < 1:
+        raise QuantError("activation: expected at least 1 dimension [..., K], got a scalar")
+    *lead, k = x.shape
+    x2 = x.reshape(-1, k)
+    if k and x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    m_rows = cdiv(m, pad_m) * pad_m if m else 0
+    groups = cdiv(k, group_size) if k else 0
+    q = torch.empty((m_rows, k), dtype=fp8_dtype, device=x.device)
+    scale = alloc_scales(m_rows, groups, layout, x.device)
+    if m_rows and groups:
+        # Triton 3.9's interpreter rounds float32 -> e4m3 wrongly where the mantissa carries into the exponent
+        # (124.3 -> 64): on CPU the kernel writes float32 values and torch does the (RNE) cast; on GPU the
+        # kernel's own cvt.rn runs and the GPU tests check it bit for bit.
+        q_out = q if x.is_cuda else torch.empty((m_rows, k), dtype=torch.float32)
+        packed = layout == "packed_ue8m0"
+        gpp = 4 if packed else 1
+        bm = block_m or (32 if x.is_cuda else 16)
+        grid = (cdiv(m_rows, bm), cdiv(groups, gpp))
+        check_device(x)
+        kern = _kernels()["quantize_act"]
+        kern[grid](
+            x2, q_out, scale, m, k, m_rows, groups,
+            x2.stride(0), q.stride(0), scale.stride(0), scale.stride(1),
+            ACT_EPS, float(torch.finfo(fp8_dtype).max),
+            UE8M0=scale_fmt == "ue8m0", PACKED=packed,
+            GROUP=group_size, GROUPS_PER_PROG=gpp, BLOCK_M=bm,
+            num_warps=4,
+        )
+        if q_out is not q:
+            q.copy_(q_out.to(fp8_dtype))
+    if layout == "row_major" and m_rows == m:
+        return q.reshape(*lead, k), scale.reshape(*lead, groups)
+    return q, scale

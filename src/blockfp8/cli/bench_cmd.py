@@ -1,0 +1,72 @@
+"""Benchmark block-FP8 kernels against their peers on this GPU: `gemm` (bf16 cuBLAS, FP8 per-tensor cuBLAS,
+blockwise scaled_mm, our Triton kernel, auto-dispatch over the DeepSeek-V3 grid), `quant` (activation quantizer),
+`moe` (grouped GEMM on Qwen3-30B-A3B shapes), `model` (Qwen3-8B-shaped decoder, random weights).
+Warm-up, L2 flushed before every call, median of --reps, variants interleaved per shape. Prints a table and
+appends long-format rows (GPU, versions, date, commit) to a CSV under --out-dir; `gemm` also draws a PNG."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=("gemm", "quant", "moe", "model"), help="which benchmark")
+    p.add_argument("--m", default=None, help="comma list of M (gemm; default 1,16,64,128,512,4096)")
+    p.add_argument("--nk", default=None, help="comma list of NxK pairs (gemm; default the DeepSeek-V3 list)")
+    p.add_argument("--variants", default=None, help="comma list (gemm: bf16,fp8_tensor,scaled_mm,triton,auto)")
+    p.add_argument("--reps", type=int, default=50, help="timed calls per variant and shape (median reported)")
+    p.add_argument("--scale-fmt", choices=("float32", "ue8m0"), default="float32")
+    p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results/<gpu>)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from blockfp8.bench import results, shapes
+
+    if not torch.cuda.is_available():
+        print("blockfp8 bench: needs a CUDA GPU")
+        return 1
+    gpu = torch.cuda.get_device_name()
+    out_dir = Path(args.out_dir or Path("benchmarks") / "results" / results.gpu_dirname(gpu))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict = {}
+    if args.what == "gemm":
+        from blockfp8.bench import gemm
+
+        ms = tuple(int(v) for v in args.m.split(",")) if args.m else shapes.GEMM_MS
+        nks = (tuple(tuple(int(x) for x in p.split("x")) for p in args.nk.split(",")) if args.nk
+               else shapes.DEEPSEEK_V3_NK)
+        variants = tuple(args.variants.split(",")) if args.variants else gemm.GEMM_VARIANTS
+        rows = gemm.bench_gemm(shapes.gemm_grid(ms, nks), variants, reps=args.reps, scale_fmt=args.scale_fmt)
+        print(results.table(rows, gemm.TABLE_COLS))
+        summary = gemm.summarize(rows)
+        if not args.no_plot:
+            results.plot_gemm([{k: str(v) for k, v in r.items()} for r in rows], out_dir / "gemm.png")
+    elif args.what == "quant":
+        from blockfp8.bench import quant
+
+        rows = quant.bench_quant(reps=args.reps)
+        print(results.table(rows, ("m", "k", "variant", "us", "gbps")))
+    elif args.what == "moe":
+        from blockfp8.bench import moe
+
+        rows = moe.bench_moe(reps=args.reps)
+        print(results.table(rows, ("m", "n", "k", "variant", "us", "tflops", "speedup_vs_scaled_mm")))
+    else:
+        from blockfp8.bench import model
+
+        rows = model.bench_model(reps=args.reps)
+        print(results.table(rows, ("m", "variant", "us", "extra", "speedup_vs_bf16")))
+    results.append_csv(out_dir / f"{args.what}.csv", rows)
+    if summary:
+        print(json.dumps(summary, indent=1) if args.json else
+              "\n".join(f"{v}: geomean {s['geomean']:.3f}x scaled_mm, decode (M<=64) {s['decode_geomean']:.3f}x, "
+                        f"M=4096 {s['m4096_geomean']:.3f}x, worst cell {s['min']:.3f}x ({s['cells']} cells)"
+                        for v, s in summary.items()))
+    return 0

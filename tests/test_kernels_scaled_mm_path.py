@@ -1,0 +1,52 @@
+"""The scaled_mm backend's quantize -> gemm path: fused quantizer, rows padded to 4 in storage, reached by the
+GEMM without a copy; checked against quant.reference (GPU), and the padded-storage views on CPU."""
+
+import pytest
+import torch
+
+from blockfp8.backends.base import BackendId, Decision, ScaleFmt, ScaleLayout
+from blockfp8.backends.registry import get_backend
+from blockfp8.quant import reference as R
+from blockfp8.testing.tolerances import gemm_atol
+
+
+def _decision(fmt="float32"):
+    return Decision(kind="linear", backend=BackendId.SCALED_MM, weight_scale_fmt=ScaleFmt(fmt),
+                    act_scale_fmt=ScaleFmt(fmt), act_scale_layout=ScaleLayout.MN_MAJOR,
+                    weight_scale_layout=ScaleLayout.ROW_MAJOR, requant_weight_ue8m0=False, use_deep_gemm=False,
+                    source="config", arch="sm_90")
+
+
+@pytest.mark.parametrize("m", [1, 3, 13, 67])
+def test_quantize_act_leaves_padded_rows_in_storage(m):
+    from blockfp8.backends.scaled_mm import _rows_view
+
+    backend = get_backend("scaled_mm")
+    x = torch.randn(m, 384)
+    x_q, x_s = backend.quantize_act(x, _decision(), 128)
+    assert x_q.shape == (m, 384) and x_s.shape == (m, 3) and x_s.stride(0) == 1
+    qr, sr = R.quantize_act(x, 128)
+    assert torch.equal(x_q.view(torch.uint8), qr.view(torch.uint8)) and torch.equal(x_s, sr)
+    m4 = -(-m // 4) * 4
+    full_q, full_s = _rows_view(x_q, m4), _rows_view(x_s, m4)
+    assert full_q is not None and full_s is not None
+    assert torch.count_nonzero(full_q[m:].float()) == 0 and bool(torch.isfinite(full_s[m:]).all())
+    assert _rows_view(torch.zeros(3, 5), 4) is None, "a tensor without room must not be viewed past its end"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 3, 13, 67, 199])
+def test_scaled_mm_backend_gemm_matches_reference(m):
+    backend = get_backend("scaled_mm")
+    n, k = 576, 7168
+    w_q, w_s = R.quantize_weight(torch.randn(n, k), (128, 128))
+    dec = _decision()
+    prepared = backend.prepare_weight(w_q.cuda(), w_s.cuda(), dec, (128, 128))
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    x_q, x_s = backend.quantize_act(x, dec, 128)
+    out = backend.gemm(x_q, x_s, prepared, torch.bfloat16)
+    assert out.shape == (m, n)
+    qr, sr = R.quantize_act(x.cpu(), 128)
+    ref = R.gemm_reference(qr, sr, w_q, w_s, (128, 128), torch.float32)
+    diff = (out.float().cpu() - ref).abs().max().item()
+    assert diff <= gemm_atol(ref, torch.bfloat16), f"backend=scaled_mm M={m} N={n} K={k} diff={diff}"

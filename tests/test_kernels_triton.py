@@ -1,0 +1,234 @@
+"""Triton quantizer and block-FP8 GEMM vs quant.reference: ragged shapes, both scale formats, every layout,
+NaN rows, poisoned outputs. On CPU they run in Triton's interpreter (small shapes); `gpu` tests on a GPU."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # the interpreter is chosen process-wide, before Triton builds anything
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from blockfp8.quant import reference as R
+from blockfp8.testing.tolerances import gemm_atol
+
+triton = pytest.importorskip("triton")
+
+from blockfp8.backends import triton_gemm, triton_quant  # noqa: E402
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+RAGGED_M = (1, 3, 13, 67, 199)
+
+
+def _skip_cpu_on_gpu_box(device):
+    if device == "cpu" and torch.cuda.is_available():
+        pytest.skip("interpreter tests run on CPU-only machines (TRITON_INTERPRET is process-wide)")
+
+
+def _same_fp8(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical, except that NaN may carry either sign."""
+    nan_a, nan_b = torch.isnan(a.float()), torch.isnan(b.float())
+    return torch.equal(nan_a, nan_b) and torch.equal(a.view(torch.uint8)[~nan_a], b.view(torch.uint8)[~nan_b])
+
+
+def _same_scale(a: torch.Tensor, b: torch.Tensor) -> bool:
+    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+    return torch.equal(nan_a, nan_b) and torch.equal(a[~nan_a], b[~nan_b])
+
+
+def _activation(m, k, device, seed, nan_row=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * torch.exp(torch.randn(m, 1, generator=g) * 3)
+    x[:, :: max(1, k // 7)] *= 40  # outlier columns
+    if nan_row and m > 2:
+        x[m // 2, k // 3] = float("nan")
+        x[m - 1, k - 1] = float("inf")
+    return x.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ["float32", "ue8m0"])
+@pytest.mark.parametrize("m", RAGGED_M)
+@pytest.mark.parametrize("k", [200, 1000])
+def test_quantize_act_bitwise_row_major(device, fmt, m, k):
+    _skip_cpu_on_gpu_box(device)
+    x = _activation(m, k, device, seed=m * 31 + k)
+    q, s = triton_quant.quantize_act(x, 128, fmt)
+    qr, sr = R.quantize_act(x.cpu(), 128, fmt)
+    assert _same_fp8(q.cpu(), qr), f"q differs: fmt={fmt} M={m} K={k}"
+    assert _same_scale(s.cpu(), sr), f"scale differs: fmt={fmt} M={m} K={k}"
+    if m > 2:
+        assert torch.isnan(s[m // 2, (k // 3) // 128]).item(), "a NaN element must make its group's scale NaN"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout,fmt", [("mn_major", "float32"), ("mn_major", "ue8m0"), ("packed_ue8m0", "ue8m0")])
+@pytest.mark.parametrize("m", [1, 13, 67])
+def test_quantize_act_layouts(device, layout, fmt, m):
+    _skip_cpu_on_gpu_box(device)
+    k = 1100  # 9 groups: packing leaves a partial last word
+    x = _activation(m, k, device, seed=m, nan_row=False).to(torch.bfloat16)
+    q, s = triton_quant.quantize_act(x, 128, fmt, layout, pad_m=4)
+    qr, sr = R.quantize_act(x.cpu(), 128, fmt)
+    m_pad = -(-m // 4) * 4
+    assert q.shape == (m_pad, k) and s.shape[0] == m_pad and s.stride(0) == 1 and s.stride(1) == m_pad
+    assert _same_fp8(q[:m].cpu(), qr)
+    assert torch.count_nonzero(q[m:].float()) == 0, "padding rows must be zero"
+    if layout == "packed_ue8m0":
+        assert s.dtype == torch.int32 and s.shape[1] == 3
+        assert torch.equal(s[:m].cpu(), R.pack_ue8m0(sr)), f"packed words differ from pack_ue8m0 (M={m})"
+    else:
+        assert _same_scale(s[:m].cpu(), sr)
+
+
+def test_quantize_act_rejects_bad_input():
+    with pytest.raises(ValueError, match="packed_ue8m0"):
+        triton_quant.quantize_act(torch.randn(2, 128), 128, "float32", "packed_ue8m0")
+    with pytest.raises(ValueError, match="layout"):
+        triton_quant.quantize_act(torch.randn(2, 128), 128, "float32", "k_major")
+    with pytest.raises(ValueError, match="dtype"):
+        triton_quant.quantize_act(torch.randint(0, 3, (2, 128)), 128)
+
+
+CFG = {"kernel": "ptr", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "SPLIT_K": 1, "GROUP_M": 4, "num_warps": 4,
+       "num_stages": 2}
+CONFIGS = {
+    "plain": CFG,
+    "splitk3": {**CFG, "SPLIT_K": 3},
+    "bm32_splitk2": {**CFG, "BLOCK_M": 32, "BLOCK_N": 64, "SPLIT_K": 2},
+    "tma": {**CFG, "kernel": "tma", "BLOCK_M": 32, "BLOCK_N": 64, "persistent": True},
+    "tma_unroll2": {**CFG, "kernel": "tma", "BLOCK_M": 16, "BLOCK_N": 64, "persistent": False, "K_UNROLL": 2},
+}
+
+
+def _gemm_case(m, n, k, fmt, device, seed, nan_row=False, x_mult=1.0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * torch.exp(torch.randn(n, 1, generator=g))
+    w_q, w_s = R.quantize_weight(w, (128, 128), fmt)
+    x_q, x_s = R.quantize_act(_activation(m, k, "cpu", seed + 1, nan_row=nan_row) * x_mult, 128, fmt)
+    return [t.to(device) for t in (x_q, x_s, w_q, w_s)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg_name", list(CONFIGS))
+@pytest.mark.parametrize("m", RAGGED_M)
+def test_gemm_ragged(device, cfg_name, m):
+    _skip_cpu_on_gpu_box(device)
+    n, k = 200, 656  # neither a multiple of 128; 656 % 16 == 0 so the TMA kernel can take it
+    for fmt, out_dtype, with_bias, mult in (("float32", torch.bfloat16, False, 1.0),
+                                            ("ue8m0", torch.float32, True, 1.0),
+                                            ("float32", torch.float16, True, 2.0**-12)):  # fp16: keep under 65504
+        x_q, x_s, w_q, w_s = _gemm_case(m, n, k, fmt, device, seed=m + len(cfg_name), x_mult=mult)
+        bias = torch.randn(n, device=device) if with_bias else None
+        ref = R.gemm_reference(x_q.cpu(), x_s.cpu(), w_q.cpu(), w_s.cpu(), (128, 128), torch.float32,
+                               None if bias is None else bias.cpu())
+        out = torch.full((m, n), float("nan"), dtype=out_dtype, device=device)  # poisoned
+        triton_gemm.fp8_block_gemm(x_q, x_s, w_q, w_s, (128, 128), out_dtype, bias, config=CONFIGS[cfg_name], out=out)
+        diff = (out.float().cpu() - ref).abs().max().item()
+        assert diff <= gemm_atol(ref, out_dtype), (
+            f"backend=triton cfg={cfg_name} fmt={fmt} M={m} N={n} K={k} diff={diff} atol={gemm_atol(ref, out_dtype)}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg_name", ["plain", "splitk3"])
+def test_gemm_nan_rows_propagate(device, cfg_name):
+    _skip_cpu_on_gpu_box(device)
+    m, n, k = 13, 96, 384
+    x_q, x_s, w_q, w_s = _gemm_case(m, n, k, "float32", device, seed=5, nan_row=True)
+    ref = R.gemm_reference(x_q.cpu(), x_s.cpu(), w_q.cpu(), w_s.cpu(), (128, 128), torch.float32)
+    out = triton_gemm.fp8_block_gemm(x_q, x_s, w_q, w_s, (128, 128), torch.float32, config=CONFIGS[cfg_name]).cpu()
+    nan_rows = torch.isnan(ref).any(dim=1)
+    assert nan_rows.sum() >= 1
+    rows = slice(None)
+    if device == "cpu":  # the interpreter decodes the FP8 NaN byte (0x7F) of the Inf row as a number: GPU only
+        rows = slice(0, m - 1)
+    assert torch.equal(torch.isnan(out).any(dim=1)[rows], nan_rows[rows]), "NaN rows must be exactly the reference's"
+    fin = ~nan_rows
+    fin[m - 1] = False
+    assert (out[fin] - ref[fin]).abs().max() <= gemm_atol(ref[fin], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gemm_long_k_and_mn_major_scales(device):
+    _skip_cpu_on_gpu_box(device)
+    m, n, k = 5, 64, 8192 if device == "cpu" else 65536
+    x_q, x_s, w_q, w_s = _gemm_case(m, n, k, "float32", device, seed=9)
+    x_s_mn = x_s.t().contiguous().t()  # M-major, as scaled_mm / DeepGEMM take them
+    ref = R.gemm_reference(x_q.cpu(), x_s.cpu(), w_q.cpu(), w_s.cpu(), (128, 128), torch.float32)
+    for cfg in (CONFIGS["splitk3"], CONFIGS["plain"]):
+        out = triton_gemm.fp8_block_gemm(x_q, x_s_mn, w_q, w_s, (128, 128), torch.bfloat16, config=cfg)
+        diff = (out.float().cpu() - ref).abs().max().item()
+        assert diff <= gemm_atol(ref, torch.bfloat16), f"long K={k} cfg={cfg} diff={diff}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gemm_splitk_counters_reset(device):
+    """Two launches in a row with split-K: the per-tile arrival counters must be left at zero."""
+    _skip_cpu_on_gpu_box(device)
+    x_q, x_s, w_q, w_s = _gemm_case(3, 64, 512, "float32", device, seed=3)
+    a = triton_gemm.fp8_block_gemm(x_q, x_s, w_q, w_s, config={**CFG, "SPLIT_K": 4})
+    b = triton_gemm.fp8_block_gemm(x_q, x_s, w_q, w_s, config={**CFG, "SPLIT_K": 4})
+    assert torch.equal(a, b)
+    assert int(triton_gemm._counters(x_q.device, 1).abs().sum()) == 0
+
+
+def test_gemm_rejects_bad_input():
+    x_q, x_s, w_q, w_s = _gemm_case(3, 64, 256, "float32", "cpu", seed=1)
+    with pytest.raises(ValueError, match="K="):
+        triton_gemm.fp8_block_gemm(x_q[:, :128], x_s[:, :1], w_q, w_s)
+    with pytest.raises(ValueError, match="float32"):
+        triton_gemm.fp8_block_gemm(x_q, x_s.to(torch.bfloat16), w_q, w_s)
+    with pytest.raises(ValueError, match="out_dtype"):
+        triton_gemm.fp8_block_gemm(x_q, x_s, w_q, w_s, out_dtype=torch.int32)
+
+
+def test_config_lookup_and_default():
+    table = {"cpu": {"576,7168": {"1": {"kernel": "ptr", "BLOCK_M": 16, "SPLIT_K": 8}}}}
+    cfg, src = triton_gemm.get_config(1, 576, 7168, "cpu", table)
+    assert src == "tuned" and cfg["SPLIT_K"] == 8
+    cfg, src = triton_gemm.get_config(3, 576, 7168, "cpu", table)  # bucket 16 missing -> nearest below
+    assert src == "tuned" and cfg["BLOCK_M"] == 16
+    cfg, src = triton_gemm.get_config(64, 7168, 16384, "cpu", {})
+    assert src == "default" and cfg["SPLIT_K"] > 1, "small M on a big weight must split K to fill the SMs"
+    assert triton_gemm.get_config(4096, 7168, 16384, "cpu", {})[0]["SPLIT_K"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 64, 128, 4096])
+@pytest.mark.parametrize("nk", [(2112, 7168), (576, 7168), (7168, 2048)])
+def test_gemm_deepseek_shapes_default_and_tuned(m, nk):
+    n, k = nk
+    x_q, x_s, w_q, w_s = _gemm_case(m, n, k, "float32", "cuda", seed=m)
+    ref = R.gemm_reference(x_q, x_s, w_q, w_s, (128, 128), torch.float32)
+    for cfg in (triton_gemm.get_config(m, n, k)[0], triton_gemm.default_config(m, n, k)):
+        out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+        triton_gemm.fp8_block_gemm(x_q, x_s, w_q, w_s, out=out, config=cfg)
+        diff = (out.float() - ref).abs().max().item()
+        assert diff <= gemm_atol(ref, torch.bfloat16), f"cfg={cfg} M={m} N={n} K={k} diff={diff}"
+
+
+@pytest.mark.gpu
+def test_quantize_act_large_bitwise_gpu():
+    """Against the reference run on CPU: torch on CUDA divides by a Python scalar as a multiplication by its
+    reciprocal, so ``quant.reference`` on CUDA tensors is not correctly rounded (seen on an H100, torch 2.11)."""
+    x = torch.randn(1027, 7168, device="cuda", dtype=torch.bfloat16) * 7
+    for fmt in ("float32", "ue8m0"):
+        q, s = triton_quant.quantize_act(x, 128, fmt)
+        qr, sr = R.quantize_act(x.cpu(), 128, fmt)
+        assert torch.equal(q.view(torch.uint8).cpu(), qr.view(torch.uint8)), fmt
+        assert torch.equal(s.cpu(), sr), fmt
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout,fmt", [("row_major", "float32"), ("mn_major", "ue8m0"), ("packed_ue8m0", "ue8m0")])
+def test_act_quant_facade_paths_agree(device, layout, fmt):
+    """act_quant (what scaled_mm / deepgemm call) gives the same bits on its reference and Triton paths."""
+    _skip_cpu_on_gpu_box(device)
+    from blockfp8.backends import act_quant
+
+    x = _activation(5, 300, device, seed=11, nan_row=False)
+    q_ref, s_ref = act_quant._reference_path(x.cpu(), 128, fmt, layout, 4, torch.float8_e4m3fn)  # CPU bits
+    q, s = triton_quant.quantize_act(x, 128, fmt, layout, pad_m=4)
+    assert q.shape == q_ref.shape == (8, 300) and s.shape == s_ref.shape and s.stride() == s_ref.stride()
+    assert _same_fp8(q.cpu(), q_ref.cpu())
+    assert torch.equal(s.cpu(), s_ref.cpu())
