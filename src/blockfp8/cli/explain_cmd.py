@@ -24,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the model has MoE layers (implied by a checkpoint with experts): their warnings count too")
     p.add_argument("--n", type=int, help="output features of the layer to plan for (default: hidden size or 7168)")
     p.add_argument("--k", type=int, help="input features of the layer to plan for (default: hidden size or 7168)")
+    p.add_argument("--audit", metavar="REPORT",
+                   help="a `blockfp8 audit`/`check` report (report.json or its folder): its measured UE8M0 verdict "
+                        "feeds the accuracy guard, outranking the known-bad list (model type from the report if none "
+                        "is given)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -46,6 +50,16 @@ def run(args: argparse.Namespace) -> int:
         config = from_cli_args(args, base)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    if args.audit:
+        from dataclasses import replace
+
+        from blockfp8.audit.verdict import VerdictError, load_verdict
+
+        try:
+            verdict = load_verdict(args.audit)
+        except VerdictError as exc:
+            raise UsageError(f"--audit: {exc}") from None
+        config = replace(config, audit=verdict, model_type=config.model_type or verdict.model_type)
     plat = platform.detect(arch=args.arch)
     text = hf_config.get("text_config") or hf_config
     hidden = text.get("hidden_size", DEFAULT_HIDDEN)
@@ -73,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         "platform": plat.as_dict(),
         "plan_only": plat.simulated,
         "model_type": config.model_type,
+        "audit": None if config.audit is None else {"ue8m0_ok": config.audit.ue8m0_ok,
+                                                    "model_type": config.audit.model_type,
+                                                    "evidence": config.audit.evidence},
         "has_moe": has_moe,
         "problem": {"n": n, "k": k, "block_size": list(config.weight_block_size), "num_experts": int(experts)},
         "env": {name: envs.get(name) for name in envs.ENV_VARS if envs.is_set(name)},
@@ -113,6 +130,9 @@ def _read_hf_config(path_text: str) -> dict:
 def _print_text(report: dict, device: str) -> None:
     print(f"platform    {device}" + ("  (a plan for that GPU, not this machine)" if report["plan_only"] else ""))
     print(f"model_type  {report['model_type'] or '(unknown: the accuracy guard cannot match it)'}")
+    if report.get("audit"):
+        a = report["audit"]
+        print(f"audit       UE8M0 {'acceptable' if a['ue8m0_ok'] else 'harmful'}: {a['evidence']}")
     problem = report["problem"]
     print(f"layer       N={problem['n']} K={problem['k']} block={problem['block_size']}")
     for name, value in report["env"].items():

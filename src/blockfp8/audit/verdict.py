@@ -1,0 +1,166 @@
+"""Verdicts: is UE8M0 (power-of-two scales, what DeepGEMM takes on Blackwell) safe for this layer and this model?
+
+A layer is ``unsafe`` when its bits lost exceed ``layer_bits_lost``. The model is ``unsafe`` when any of:
+
+* the mean bits lost over its layers exceeds ``mean_bits_lost``;
+* more than ``unsafe_layer_share`` of its layers are unsafe;
+* (end to end, when measured) UE8M0 raises perplexity over FP8/float32 by more than ``ppl_increase`` (relative)
+  with the lower end of its 95% bootstrap interval above 0, or raises the KL divergence to the unquantized model
+  by more than ``kl_increase`` (relative) with the interval's lower end above 0.
+
+The defaults are chosen from our own measurements; docs/audit.md says how. ``load_verdict`` turns a report JSON
+into the :class:`blockfp8.config.AuditVerdict` the accuracy guard reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from blockfp8.config import AuditVerdict
+
+SAFE, UNSAFE = "safe", "unsafe"
+SCHEMA = "blockfp8.audit/1"
+
+
+class VerdictError(ValueError):
+    """A report or threshold is unusable; the message names the file or field."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    layer_bits_lost: float = 0.25
+    mean_bits_lost: float = 0.10
+    unsafe_layer_share: float = 0.10
+    ppl_increase: float = 0.01
+    kl_increase: float = 0.25
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise VerdictError(f"threshold {f.name}={v!r} must be a finite number >= 0")
+            object.__setattr__(self, f.name, float(v))
+        if self.unsafe_layer_share > 1:
+            raise VerdictError(f"threshold unsafe_layer_share={self.unsafe_layer_share} must be <= 1")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Thresholds:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise VerdictError(f"unknown thresholds {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**dict(d))
+
+
+def layer_verdict(bits_lost: float, thresholds: Thresholds) -> str:
+    return UNSAFE if bits_lost > thresholds.layer_bits_lost else SAFE
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], thresholds: Thresholds) -> dict:
+    """Summary over layer rows (each with name, bits_fp32, bits_ue8m0, bits_lost, verdict)."""
+    if not rows:
+        raise VerdictError("no layers to summarize")
+    lost = [float(r["bits_lost"]) for r in rows]
+    worst = max(rows, key=lambda r: r["bits_lost"])
+    unsafe = [r["name"] for r in rows if r["verdict"] == UNSAFE]
+    return {
+        "layers": len(rows),
+        "mean_bits_fp32": sum(float(r["bits_fp32"]) for r in rows) / len(rows),
+        "mean_bits_ue8m0": sum(float(r["bits_ue8m0"]) for r in rows) / len(rows),
+        "mean_bits_lost": sum(lost) / len(lost),
+        "max_bits_lost": max(lost),
+        "worst_layer": worst["name"],
+        "unsafe_layers": len(unsafe),
+        "unsafe_layer_share": len(unsafe) / len(rows),
+    }
+
+
+def model_verdict(summary: Mapping[str, Any], thresholds: Thresholds, e2e: Mapping[str, Any] | None = None
+                  ) -> tuple[str, list[str]]:
+    """(verdict, reasons): every reason names the number and the threshold it crossed (or, if safe, stayed under)."""
+    t = thresholds
+    reasons: list[str] = []
+    if summary["mean_bits_lost"] > t.mean_bits_lost:
+        reasons.append(f"mean bits lost per layer {summary['mean_bits_lost']:.3f} > {t.mean_bits_lost:g}")
+    if summary["unsafe_layer_share"] > t.unsafe_layer_share:
+        reasons.append(f"{summary['unsafe_layers']}/{summary['layers']} layers lose more than {t.layer_bits_lost:g} "
+                       f"bit (share {summary['unsafe_layer_share']:.2f} > {t.unsafe_layer_share:g}); worst "
+                       f"{summary['worst_layer']} {summary['max_bits_lost']:.3f} bit")
+    if e2e:
+        d = e2e["ue8m0_vs_fp32"]
+        ppl, ppl_ci = d["ppl_increase"], d["ppl_increase_ci"]
+        if ppl > t.ppl_increase and ppl_ci[0] > 0:
+            reasons.append(f"perplexity +{100 * ppl:.2f}% vs FP8/float32 (95% CI {100 * ppl_ci[0]:.2f}..."
+                           f"{100 * ppl_ci[1]:.2f}%) > {100 * t.ppl_increase:g}%")
+        kl, kl_ci = d["kl_increase"], d["kl_increase_ci"]
+        if kl > t.kl_increase and kl_ci[0] > 0:
+            reasons.append(f"KL to the unquantized model +{100 * kl:.1f}% vs FP8/float32 (95% CI "
+                           f"{100 * kl_ci[0]:.1f}...{100 * kl_ci[1]:.1f}%) > {100 * t.kl_increase:g}%")
+    if reasons:
+        return UNSAFE, reasons
+    ok = [f"mean bits lost {summary['mean_bits_lost']:.3f} <= {t.mean_bits_lost:g}",
+          f"unsafe layers {summary['unsafe_layers']}/{summary['layers']} (share <= {t.unsafe_layer_share:g})"]
+    if e2e:
+        d = e2e["ue8m0_vs_fp32"]
+        ok.append(f"perplexity {100 * d['ppl_increase']:+.2f}%, KL {100 * d['kl_increase']:+.1f}% vs FP8/float32 "
+                  "within limits")
+    return SAFE, ok
+
+
+def evidence(report: Mapping[str, Any], source: str | None = None) -> str:
+    """One line saying what was measured, for warnings and ``explain``."""
+    s = report["summary"]
+    level = report["level"]
+    calib = report.get("calibration") or {}
+    what = f"blockfp8 audit ({level}"
+    if calib:
+        what += f", {calib['samples']}x{calib['seq_len']} tokens of {calib['source']}"
+    what += f") of {report['model']}: {s['verdict']}; mean {s['mean_bits_lost']:.3f} bit lost per layer, max " \
+            f"{s['max_bits_lost']:.3f} ({s['worst_layer']})"
+    e2e = report.get("e2e")
+    if e2e:
+        d = e2e["ue8m0_vs_fp32"]
+        what += f"; end to end UE8M0 vs float32 perplexity {100 * d['ppl_increase']:+.2f}%"
+    if source:
+        what += f" [{source}]"
+    return what
+
+
+def load_report(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except OSError as exc:
+        raise VerdictError(f"{path}: cannot read the audit report ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VerdictError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise VerdictError(f"{path}: not a blockfp8 audit report (field schema must be {SCHEMA!r})")
+    summary = report.get("summary")
+    if not isinstance(summary, dict) or summary.get("verdict") not in (SAFE, UNSAFE):
+        raise VerdictError(f"{path}: field summary.verdict must be 'safe' or 'unsafe'")
+    for key in ("mean_bits_lost", "max_bits_lost", "worst_layer"):
+        if key not in summary:
+            raise VerdictError(f"{path}: field summary.{key} is missing")
+    return report
+
+
+def load_verdict(path: str | Path) -> AuditVerdict:
+    """The guard's input from an audit report JSON (a report folder's report.json, or the folder itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    report = load_report(path)
+    return AuditVerdict(
+        ue8m0_ok=report["summary"]["verdict"] == SAFE,
+        evidence=evidence(report, str(path)),
+        model_type=report.get("model_type"),
+    )
