@@ -14,7 +14,13 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "env": ("blockfp8.cli.env_cmd", "versions, GPU and SM capability, optional libraries"),
+    "explain": ("blockfp8.cli.explain_cmd", "which GEMM backend and scale format each layer kind gets, and why"),
+    "quantize": ("blockfp8.cli.quantize_cmd", "bf16/fp32 safetensors model folder -> block-FP8 checkpoint folder"),
     "audit": ("blockfp8.cli.audit_cmd", "measure the UE8M0-vs-float32 error of a model layer by layer"),
+    "check": ("blockfp8.cli.check_cmd", "will this model lose accuracy with UE8M0 scales? verdict, numbers, selection"),
+    "eval": ("blockfp8.cli.eval_cmd", "accuracy of FP8 variants vs a baseline: GSM8K, LAMBADA, from a YAML config"),
+    "bench": ("blockfp8.cli.bench_cmd", "benchmark GEMM / quant / MoE / model kernels against their peers"),
+    "tune": ("blockfp8.cli.tune_cmd", "regenerate the tuned Triton configs and per-shape dispatch table"),
 }
 
 
