@@ -18,7 +18,7 @@ $(VENV)/.stamp: pyproject.toml
 install: $(VENV)/.stamp
 
 demo: $(VENV)/.stamp
-	$(BIN)/blockfp8 audit --model smollm2 --weights-only
+	$(BIN)/blockfp8 check
 
 lint: $(VENV)/.stamp
 	$(BIN)/ruff check .
