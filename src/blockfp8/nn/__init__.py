@@ -4,6 +4,7 @@ from blockfp8.nn.linear import BlockFP8Linear
 from blockfp8.nn.moe import BlockFP8Experts, BlockFP8MoE, select_experts
 from blockfp8.nn.quantize import ModelTensorSelector, QuantizeReport, load_fp8_checkpoint, quantize_model
 from blockfp8.nn.tp import ColumnParallelBlockFP8Linear, RowParallelBlockFP8Linear, validate_block_partition
+from blockfp8.nn.warmup import WarmupRecord, warmup
 
 __all__ = [
     "BlockFP8Experts",
@@ -17,4 +18,6 @@ __all__ = [
     "quantize_model",
     "select_experts",
     "validate_block_partition",
+    "warmup",
+    "WarmupRecord",
 ]
