@@ -74,3 +74,46 @@ def test_fused_moe_matches_per_expert_reference(device, fmt, t):
     assert torch.isfinite(out).all()
     diff = calc_diff(out.cpu().double(), ref.cpu().double())
     assert diff < E2E_CALC_DIFF, f"backend=triton moe fmt={fmt} T={t} E={e} k={k} H={h} I={i} calc_diff={diff}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("inter,fmt", [(160, "float32"), (160, "ue8m0"), (256, "float32")])
+@torch.no_grad()
+def test_moe_layer_runs_the_fused_kernel(device, inter, fmt):
+    """BlockFP8Experts through its triton MoE decision: one grouped launch (fused_moe), scales prepared once
+    (I % 128 != 0: halves padded to whole blocks), vs the same layer's per-expert reference path."""
+    from blockfp8.config import BlockFP8Config
+    from blockfp8.nn import BlockFP8Experts
+    from blockfp8.platform import detect
+
+    _skip_cpu_on_gpu_box(device)
+    e, h, k, t = 4, 256, 2, 13
+    if device == "cuda":
+        e, h, k, t = 16, 1024, 4, 67
+    g = torch.Generator().manual_seed(inter)
+    gate_up = (torch.randn(e, 2 * inter, h, generator=g) * 0.05).to(device)
+    down = (torch.randn(e, h, inter, generator=g) * 0.05).to(device)
+    plat = detect("sm_90") if device == "cpu" else None
+
+    def layer(backend):
+        cfg = BlockFP8Config(moe_backend=backend, scale_fmt=None if fmt == "float32" else fmt)
+        return BlockFP8Experts.from_fused(gate_up.bfloat16(), down.bfloat16(), config=cfg, platform=plat)
+
+    fused, loop = layer("triton"), layer("reference")
+    p = fused.prepared_moe
+    assert p is not None and fused.prepared == [] and loop.prepared_moe is None
+    i_pad = -(-inter // 128) * 128
+    assert p.intermediate == i_pad and tuple(p.w13.shape) == (e, 2 * i_pad, h) and tuple(p.w2.shape) == (e, h, i_pad)
+    assert tuple(p.w13_scale.shape) == (e, 2 * i_pad // 128, h // 128)
+    if inter == i_pad and fmt == "float32":  # nothing to convert: the layer's tensors are shared
+        assert p.w13.data_ptr() == fused.w13_weight.data_ptr() and p.w2.data_ptr() == fused.w2_weight.data_ptr()
+    else:
+        assert not bool(p.w13[:, inter:i_pad].float().any()) and not bool(p.w2[:, :, inter:].float().any())
+    if fmt == "ue8m0":
+        assert fused.decisions["w13"].requant_weight_ue8m0 and bool(R.is_power_of_two(p.w13_scale).all())
+    tw, ids = _routing(t, e, k, seed=inter, device=device)
+    x = torch.randn(t, h, generator=g).to(device=device, dtype=torch.bfloat16)
+    got, want = fused(x, ids, tw), loop(x, ids, tw)
+    assert got.dtype == x.dtype and torch.isfinite(got.float()).all()
+    diff = calc_diff(got.double().cpu(), want.double().cpu())
+    assert diff < E2E_CALC_DIFF, f"backend=triton moe layer fmt={fmt} T={t} E={e} k={k} H={h} I={inter}: {diff}"

@@ -50,3 +50,42 @@ def test_scaled_mm_backend_gemm_matches_reference(m):
     ref = R.gemm_reference(qr, sr, w_q, w_s, (128, 128), torch.float32)
     diff = (out.float().cpu() - ref).abs().max().item()
     assert diff <= gemm_atol(ref, torch.bfloat16), f"backend=scaled_mm M={m} N={n} K={k} diff={diff}"
+
+
+@pytest.mark.parametrize("n,k", [(128, 128), (512, 256), (256, 768), (576, 7168)])
+def test_every_layer_path_pads_the_weight_scale_k_groups(n, k):
+    """torch 2.11 rejects blockwise weight scales whose K groups are not a multiple of 4 ("scale_b must have
+    shape 4 x 1, got [1, 1]" at N=K=128; "4 x 4, got [2, 4]" for MoE experts at N=512, K=256): the dense layer
+    and every expert GEMM of the MoE layer get their scales from ScaledMMBackend.prepare_weight."""
+    from blockfp8.config import BlockFP8Config
+    from blockfp8.nn import BlockFP8Experts, BlockFP8Linear
+    from blockfp8.platform import detect
+
+    plat = detect("sm_90")
+
+    def check(prepared, rows, cols, what):
+        assert prepared.backend is BackendId.SCALED_MM, what
+        want = (-(-cols // 512) * 4, -(-rows // 128))  # scale_b = scale.t(): [K groups padded to 4, N / 128]
+        assert tuple(prepared.scale.t().shape) == want, f"{what} N={rows} K={cols}: {tuple(prepared.scale.shape)}"
+        assert torch.equal(prepared.scale[:, :cols // 128], prepared.checkpoint_scale), what
+
+    lin = torch.nn.Linear(k, n, bias=False).bfloat16()
+    layer = BlockFP8Linear.from_linear(lin, BlockFP8Config(linear_backend="scaled_mm"), platform=plat)
+    check(layer.prepared, n, k, "linear")
+    if (n // 2) % 128 or n * k > 512 * 768:  # experts: H = k, I = n / 2 (w13 N = n, K = k; w2 N = k, K = n / 2)
+        return
+    gate_up, down = torch.randn(3, n, k) * 0.05, torch.randn(3, k, n // 2) * 0.05
+    ex = BlockFP8Experts.from_fused(gate_up.bfloat16(), down.bfloat16(), config=BlockFP8Config(moe_backend="scaled_mm"),
+                                    platform=plat)
+    for per in ex.prepared:
+        check(per["w13"], n, k, "moe w13")
+        check(per["down"], k, n // 2, "moe w2")
+
+
+def test_shapes_scaled_mm_cannot_take_are_declined():
+    from blockfp8.backends.base import GemmProblem
+
+    ok, why = get_backend("scaled_mm").can_implement(GemmProblem(n=200, k=384))
+    assert not ok and "N % 16" in why
+    ok, why = get_backend("scaled_mm").can_implement(GemmProblem(n=256, k=200))
+    assert not ok and "K % 128" in why

@@ -195,3 +195,135 @@ def test_errors():
         layer(torch.ones(2, 300, dtype=torch.int64))
     with pytest.raises(ValueError, match="out_features=0"):
         BlockFP8Linear(3, 0)
+
+
+# ------------------------------------------------------------------ per-M dispatch (fake backends, CPU)
+class _FakeBackend:
+    """Claims an H100 backend's id, runs the reference math, records every call."""
+
+    def __init__(self, backend_id, calls, supported=True):
+        self.name, self.calls, self.supported = BackendId(backend_id), calls, supported
+        self.ref = get_backend("reference")
+
+    def is_supported(self, platform):
+        return self.supported, "fake"
+
+    def can_implement(self, problem):
+        return True, "fake"
+
+    def required_scale_fmt(self, platform):
+        return None
+
+    def scale_layouts(self, platform):
+        return self.ref.scale_layouts(platform)
+
+    def _ref_decision(self, decision):
+        assert decision.backend is self.name, f"{self.name} got a decision for {decision.backend}"
+        return dataclasses.replace(decision, backend=BackendId.REFERENCE)
+
+    def prepare_weight(self, w_q, w_scale, decision, block_size):
+        self.calls.append(("prepare", self.name))
+        p = self.ref.prepare_weight(w_q, w_scale, self._ref_decision(decision), block_size)
+        p.backend = self.name
+        return p
+
+    def quantize_act(self, x, decision, group_size):
+        self.calls.append(("quantize", self.name, x.shape[0]))
+        return self.ref.quantize_act(x, self._ref_decision(decision), group_size)
+
+    def gemm(self, x_q, x_scale, prepared, out_dtype, bias=None):
+        assert prepared.backend is self.name
+        self.calls.append(("gemm", self.name, x_q.shape[0]))
+        return self.ref.gemm(x_q, x_scale, prepared, out_dtype, bias)
+
+
+FAKE_GPU = "NVIDIA H100 80GB HBM3"
+
+
+@pytest.fixture
+def fake_h100(monkeypatch):
+    """An H100 platform whose deepgemm is missing and whose scaled_mm / triton are fakes; a tuned table that
+    picks triton up to M=64 and scaled_mm above, for N=256, K=384."""
+    from blockfp8.backends import dispatch
+
+    calls = []
+    fakes = {BackendId.DEEPGEMM: _FakeBackend("deepgemm", calls, supported=False),
+             BackendId.SCALED_MM: _FakeBackend("scaled_mm", calls), BackendId.TRITON: _FakeBackend("triton", calls)}
+    real = select.get_backend
+    monkeypatch.setattr(select, "get_backend", lambda b: fakes.get(BackendId(b)) or real(b))
+    table = {FAKE_GPU.replace(" ", "_"): {"256,384": {"1": {"backend": "triton"}, "64": {"backend": "triton"},
+                                                      "128": {"backend": "scaled_mm"},
+                                                      "4096": {"backend": "deepgemm"}}}}
+    monkeypatch.setattr(dispatch, "load_table", lambda path=None: table)
+    plat = dataclasses.replace(detect("sm_90"), gpu_name=FAKE_GPU, simulated=False)
+    return plat, calls
+
+
+def _fp8_layer(n, k, config, plat):
+    q, s = ref.quantize_weight(torch.randn(n, k, generator=torch.Generator().manual_seed(n)), (128, 128))
+    return BlockFP8Linear.from_fp8(q, s, config=config, params_dtype=torch.float32, platform=plat)
+
+
+def test_automatic_choice_dispatches_by_m_within_candidates(fake_h100):
+    plat, calls = fake_h100
+    layer = _fp8_layer(256, 384, BlockFP8Config(), plat)
+    d = layer.decision
+    assert (d.backend, d.source) == (BackendId.SCALED_MM, "default")
+    assert d.candidates == (BackendId.SCALED_MM, BackendId.TRITON, BackendId.REFERENCE)
+    # the table's "deepgemm" for large M is not a candidate: the policy's first candidate serves it
+    assert d.dispatch == ((64, BackendId.TRITON), (8192, BackendId.SCALED_MM))
+    assert d.as_dict()["dispatch"] == {"64": "triton", "8192": "scaled_mm"}
+    assert any(r.startswith("dispatch: per M bucket") for r in d.reasons)
+    assert sorted(calls) == [("prepare", BackendId.SCALED_MM), ("prepare", BackendId.TRITON)], "each once"
+    prepared = [layer._runners[b][2] for b in (BackendId.TRITON, BackendId.SCALED_MM)]
+    assert prepared[0].weight.data_ptr() == prepared[1].weight.data_ptr() == layer.weight.data_ptr()  # shared
+    for m, want in [(1, "triton"), (3, "triton"), (64, "triton"), (65, "scaled_mm"), (199, "scaled_mm"),
+                    (9000, "scaled_mm")]:
+        calls.clear()
+        x = torch.randn(m, 384)
+        out = layer(x)
+        assert [c[:2] for c in calls] == [("quantize", BackendId(want)), ("gemm", BackendId(want))], f"M={m}"
+        assert torch.equal(out, _expected(layer, x, "float32")), f"M={m}"
+
+
+@pytest.mark.parametrize("how", ["config", "env"])
+def test_explicit_choice_is_never_dispatched_away_from(fake_h100, monkeypatch, how):
+    plat, calls = fake_h100
+    if how == "env":
+        monkeypatch.setenv("BLOCKFP8_GEMM_BACKEND", "scaled_mm")
+        config = BlockFP8Config()
+    else:
+        config = BlockFP8Config(linear_backend="scaled_mm")
+    layer = _fp8_layer(256, 384, config, plat)
+    assert (layer.decision.source, layer.decision.candidates, layer.decision.dispatch) == \
+        (how, (BackendId.SCALED_MM,), ())
+    for m in (1, 3, 199):  # the table says triton for M <= 64
+        calls.clear()
+        layer(torch.randn(m, 384))
+        assert {c[1] for c in calls} == {BackendId.SCALED_MM}, f"{how} M={m}"
+
+
+def test_no_table_entry_means_no_dispatch(fake_h100):
+    plat, calls = fake_h100
+    layer = _fp8_layer(200, 384, BlockFP8Config(), plat)  # N=200: not in the table
+    assert layer.decision.dispatch == () and calls == [("prepare", BackendId.SCALED_MM)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 67, 600])
+def test_auto_dispatch_on_this_gpu_matches_reference(m):
+    """Automatic choice on a real GPU with a tuned-table entry (DeepSeek-V3 N=2112, K=7168): every backend of the
+    plan is prepared once and each M runs on its bucket's backend, within the bf16 bound of the reference."""
+    g = torch.Generator().manual_seed(5)
+    q, s = ref.quantize_weight(torch.randn(2112, 7168, generator=g) * 0.05, (128, 128))
+    layer = BlockFP8Linear.from_fp8(q.to(DEVICE), s.to(DEVICE), config=BlockFP8Config(), platform=PLATFORM)
+    d = layer.decision
+    assert set(layer._runners) == {d.backend, *(b for _, b in d.dispatch)}
+    assert all(b in d.candidates for _, b in d.dispatch)
+    x = torch.randn(m, 7168, generator=g).to(device=DEVICE, dtype=torch.bfloat16)
+    out = layer(x)
+    want = _expected(layer, x, str(d.act_scale_fmt))
+    err = (out.float() - want.float()).abs().max().item()
+    ran = d.backend_for_m(m)
+    assert err <= tol.gemm_atol(want.float(), torch.bfloat16), f"backend={ran} (auto) M={m} N=2112 K=7168 diff={err}"
+    print(f"M={m}: {ran}; plan {d.as_dict()['dispatch']}")

@@ -123,7 +123,7 @@ def test_one_moe_decision_per_gemm_shape(monkeypatch):
                         or real(p, c, pl, kind))
     moe = BlockFP8MoE.from_module(_block("qwen3_moe", 4, 192, 160, 8, 2))
     moe(torch.randn(7, 192))
-    assert kinds == [("moe", 320, 192, True), ("moe", 192, 160, True)]
+    assert kinds == [("moe", 160, 192, True), ("moe", 192, 160, True)]  # I=160: gate and up run apart (N=I)
     assert set(moe.experts.decisions) == {"w13", "w2"}
 
 
@@ -146,3 +146,75 @@ def test_experts_errors():
         moe.experts(torch.randn(2, 192), torch.tensor([[0], [9]]), torch.ones(2, 1))
     with pytest.raises(ValueError, match="top_k=9"):
         BlockFP8MoE(moe.experts, block.gate.weight, 9)
+
+
+# ------------------------------------------------------------------ grouped MoE path (fake backend, CPU)
+class _FakeGrouped:
+    """The reference backend under the triton id, optionally with the grouped MoE capability."""
+
+    def __init__(self, calls, grouped):
+        from blockfp8.backends.base import BackendId
+        from blockfp8.backends.registry import get_backend
+
+        self.name, self.calls, self.ref = BackendId.TRITON, calls, get_backend("reference")
+        if grouped:
+            self.moe_activations = ("silu",)
+            self.prepare_moe, self.moe = self._prepare_moe, self._moe
+
+    def __getattr__(self, attr):  # the GEMM contract: the reference's, with the decision re-targeted
+        import dataclasses
+
+        from blockfp8.backends.base import BackendId
+
+        fn = getattr(self.ref, attr)
+
+        def call(*a):
+            self.calls.append(attr)
+            a = [dataclasses.replace(v, backend=BackendId.REFERENCE) if hasattr(v, "candidates") else v for v in a]
+            return fn(*a)
+        return call if attr in ("prepare_weight", "quantize_act", "gemm") else fn
+
+    def _prepare_moe(self, w13, w13_scale, w2, w2_scale, decision, intermediate, block_size, activation):
+        from blockfp8.backends.base import PreparedMoE
+
+        self.calls.append("prepare_moe")
+        assert decision.backend is self.name and decision.grouped_moe and activation == "silu"
+        return PreparedMoE(self.name, w13, w13_scale, w2, w2_scale, intermediate, block_size, activation)
+
+    def _moe(self, x, prepared, topk_weights, topk_ids, decision):
+        self.calls.append("moe")
+        return torch.full(x.shape, 7.0)
+
+
+@pytest.mark.parametrize("grouped,act", [(True, "silu"), (False, "silu"), (True, "gelu")])
+@torch.no_grad()
+def test_grouped_path_exactly_when_the_decision_offers_it(monkeypatch, grouped, act):
+    import dataclasses
+
+    from blockfp8.platform import detect
+
+    calls = []
+    fake = _FakeGrouped(calls, grouped)
+    real = select.get_backend
+    monkeypatch.setattr(select, "get_backend", lambda b: fake if str(b) == "triton" else real(b))
+    block = _block("qwen3_moe", 6, 192, 160, 4, 2)
+    act_fn = torch.nn.SiLU() if act == "silu" else torch.nn.GELU()
+    plat = dataclasses.replace(detect("sm_90"), gpu_name="GPU", simulated=False)
+    ex = BlockFP8Experts.from_fused(block.experts.gate_up_proj, block.experts.down_proj, act_fn=act_fn,
+                                    config=BlockFP8Config(moe_backend="triton"), platform=plat)
+    assert ex.decisions["w13"].grouped_moe is grouped and ex.decisions["w2"].grouped_moe is grouped
+    x, ids, w = torch.randn(5, 192), torch.randint(0, 4, (5, 2)), torch.rand(5, 2)
+    out = ex(x, ids, w)
+    if grouped and act == "silu":
+        assert calls == ["prepare_moe", "moe"] and ex.prepared == [] and bool((out == 7).all())
+    else:
+        assert "prepare_moe" not in calls and "moe" not in calls and ex.prepared_moe is None
+        assert "gemm" in calls and not bool((out == 7).all())
+
+
+def test_real_backends_declare_the_grouped_capability():
+    from blockfp8.backends.base import offers_grouped_moe
+    from blockfp8.backends.registry import get_backend
+
+    assert offers_grouped_moe(get_backend("triton"))
+    assert not any(offers_grouped_moe(get_backend(b)) for b in ("reference", "scaled_mm", "deepgemm"))

@@ -96,6 +96,20 @@ class Decision:
     candidates: tuple[BackendId, ...] = ()
     fp8_dtype: str = "float8_e4m3fn"  # torch dtype name of the FP8 operands (from the problem)
     simulated: bool = False  # a plan for a BLOCKFP8_ARCH / --arch GPU, not necessarily this machine
+    # Per-M-bucket dispatch (dense layers, automatic choice only): ``((max M of the bucket, backend), ...)``
+    # ascending, from the shipped tuned table for this GPU model, every backend one of ``candidates``. Empty when
+    # the chosen backend serves every M (explicit choice, one candidate, or no table entry for this N, K, GPU).
+    dispatch: tuple[tuple[int, BackendId], ...] = ()
+    # MoE: the chosen backend runs all experts in one grouped launch (``prepare_moe`` / ``moe``, see
+    # :class:`GroupedMoEBackend`) instead of a per-expert loop of ``gemm``.
+    grouped_moe: bool = False
+
+    def backend_for_m(self, m: int) -> BackendId:
+        """The backend that runs ``M = m`` rows (the dispatch plan's bucket, else the chosen backend)."""
+        for bucket, backend in self.dispatch:
+            if m <= bucket:
+                return backend
+        return self.dispatch[-1][1] if self.dispatch else self.backend
 
     def as_dict(self) -> dict:
         return {
@@ -114,6 +128,8 @@ class Decision:
             "candidates": [str(c) for c in self.candidates],
             "fp8_dtype": self.fp8_dtype,
             "simulated": self.simulated,
+            "dispatch": {str(m): str(b) for m, b in self.dispatch},
+            "grouped_moe": self.grouped_moe,
         }
 
 
@@ -128,6 +144,23 @@ class PreparedWeight:
     checkpoint_weight: torch.Tensor
     checkpoint_scale: torch.Tensor  # float32 [ceil(N/bn), ceil(K/bk)]
     block_size: tuple[int, int]
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class PreparedMoE:
+    """All experts' weights made ready for one backend's grouped MoE kernel (``GroupedMoEBackend.prepare_moe``).
+    ``intermediate`` is the intermediate size the kernel runs with (the layer's, or padded to a whole weight
+    block); ``w13`` / ``w2`` and their scales are in the kernel's layout and format."""
+
+    backend: BackendId
+    w13: torch.Tensor  # FP8 [E, 2 * intermediate, H]: gate rows then up rows
+    w13_scale: torch.Tensor
+    w2: torch.Tensor  # FP8 [E, H, intermediate]
+    w2_scale: torch.Tensor
+    intermediate: int
+    block_size: tuple[int, int]
+    activation: str = "silu"
     extra: dict = field(default_factory=dict)
 
 
@@ -163,6 +196,33 @@ class GemmBackend(Protocol):
              bias: torch.Tensor | None = None) -> torch.Tensor:
         """out[M, N] = x @ w.T with per-128-K promotion of the scales."""
         ...
+
+
+class GroupedMoEBackend(GemmBackend, Protocol):
+    """Optional capability: a backend that runs every expert of a MoE layer in one grouped launch. The policy
+    records it in ``Decision.grouped_moe`` (:func:`offers_grouped_moe`); the MoE layer reads the decision."""
+
+    moe_activations: ClassVar[tuple[str, ...]]  # gated activations its kernel fuses ("silu": silu(gate) * up)
+
+    def prepare_moe(self, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor, w2_scale: torch.Tensor,
+                    decision: Decision, intermediate: int, block_size: tuple[int, int],
+                    activation: str = "silu") -> PreparedMoE:
+        """One-time work for all experts. Takes the MoE layer's storage: ``w13 [E, 2I, H]`` with
+        ``w13_scale [E, 2 * ceil(I/bn), ceil(H/bk)]`` (gate and up halves blocked separately),
+        ``w2 [E, H, I]`` with ``w2_scale [E, ceil(H/bn), ceil(I/bk)]``."""
+        ...
+
+    def moe(self, x: torch.Tensor, prepared: PreparedMoE, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+            decision: Decision) -> torch.Tensor:
+        """``sum_j topk_weights[t, j] * W2[e_j] @ act(W13[e_j] @ x[t])`` for ``x [T, H]``: float32 ``[T, H]``."""
+        ...
+
+
+def offers_grouped_moe(backend: object) -> bool:
+    """Whether a backend object implements :class:`GroupedMoEBackend` (read by the policy, recorded in the
+    decision; layers read ``Decision.grouped_moe``, never this)."""
+    return bool(getattr(backend, "moe_activations", ())) and callable(getattr(backend, "prepare_moe", None)) \
+        and callable(getattr(backend, "moe", None))
 
 
 def check_decision_for(decision: Decision, backend: BackendId) -> None:

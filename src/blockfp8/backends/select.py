@@ -24,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from blockfp8 import envs
-from blockfp8.backends.base import BackendId, Decision, GemmBackend, GemmProblem, ScaleFmt
+from blockfp8.backends import dispatch
+from blockfp8.backends.base import BackendId, Decision, GemmBackend, GemmProblem, ScaleFmt, offers_grouped_moe
 from blockfp8.backends.guard import GuardVerdict, guard_verdict
 from blockfp8.backends.registry import PREFERENCE_ORDER, get_backend, parse_backend_id
 from blockfp8.config import BlockFP8Config
@@ -167,7 +168,7 @@ def resolve(problem: GemmProblem, config: BlockFP8Config | None = None, platform
     if request is not None and request.force is not None:
         forced = _resolve_forced(request, caps, kind, config, platform, notes, warnings)
         if forced is not None:
-            return _decision(problem, platform, kind, forced, request.source, caps, notes, warnings, (forced,))
+            return _decision(problem, platform, kind, forced, request.source, caps, notes, warnings, (forced,), ())
     deep_gemm_off = request if request is not None and request.deep_gemm_off else None
 
     chosen, source, allowed = None, "default", []
@@ -207,7 +208,34 @@ def resolve(problem: GemmProblem, config: BlockFP8Config | None = None, platform
     if guarded is not None:
         warnings.append(_guard_warning(kind, config.model_type, platform, guarded, chosen, caps[chosen]))
     candidates = tuple(b for b in allowed if caps[b].scale_fmt is caps[chosen].scale_fmt)
-    return _decision(problem, platform, kind, chosen, source, caps, notes, warnings, candidates)
+    plan = _dispatch_plan(problem, platform, candidates, notes) if kind == "linear" else ()
+    return _decision(problem, platform, kind, chosen, source, caps, notes, warnings, candidates, plan)
+
+
+def _dispatch_plan(problem: GemmProblem, platform: Platform, candidates: tuple[BackendId, ...],
+                   notes: list[str]) -> tuple[tuple[int, BackendId], ...]:
+    """Per-M-bucket backends from the shipped tuned table for this GPU model, within ``candidates`` (automatic
+    choice only: an explicit choice has one candidate). Consecutive buckets with the same backend are merged;
+    empty when the first candidate serves every M."""
+    if len(candidates) < 2 or not platform.gpu_name or platform.simulated:
+        return ()
+    gpu = platform.gpu_name.replace(" ", "_")
+    plan: list[tuple[int, BackendId]] = []
+    for bucket in dispatch.M_BUCKETS:
+        backend = parse_backend_id(dispatch.pick(bucket, problem.n, problem.k, candidates, gpu=gpu))
+        if plan and plan[-1][1] is backend:
+            plan[-1] = (bucket, backend)
+        else:
+            plan.append((bucket, backend))
+    if all(b is candidates[0] for _, b in plan):
+        return ()
+    lo, shown = 1, []
+    for bucket, backend in plan:
+        shown.append(f"M {lo}..{bucket}: {backend}" if bucket != plan[-1][0] else f"M >= {lo}: {backend}")
+        lo = bucket + 1
+    notes.append(f"dispatch: per M bucket from the tuned table for {gpu}, N={problem.n} K={problem.k}: "
+                 + ", ".join(shown))
+    return tuple(plan)
 
 
 def _resolve_forced(request: _Request, caps: dict[BackendId, _Capability], kind: str, config: BlockFP8Config,
@@ -250,7 +278,7 @@ def _guard_warning(kind: str, model_type: str | None, platform: Platform, verdic
 
 def _decision(problem: GemmProblem, platform: Platform, kind: str, chosen: BackendId, source: str,
               caps: dict[BackendId, _Capability], notes: list[str], warnings: list[str],
-              candidates: tuple[BackendId, ...]) -> Decision:
+              candidates: tuple[BackendId, ...], plan: tuple[tuple[int, BackendId], ...]) -> Decision:
     fmt = caps[chosen].scale_fmt
     checkpoint_ue8m0 = problem.checkpoint_scale_fmt is ScaleFmt.UE8M0
     act_layout, weight_layout = get_backend(chosen).scale_layouts(platform)
@@ -270,6 +298,8 @@ def _decision(problem: GemmProblem, platform: Platform, kind: str, chosen: Backe
         candidates=candidates,
         fp8_dtype=problem.fp8_dtype,
         simulated=platform.simulated,
+        dispatch=plan,
+        grouped_moe=kind == "moe" and offers_grouped_moe(get_backend(chosen)),
     )
 
 
@@ -294,9 +324,11 @@ def for_candidate(decision: Decision, backend_id: BackendId | str, platform: Pla
     if backend_id not in decision.candidates:
         raise ValueError(f"{backend_id} is not a candidate of this {decision.kind} decision; candidates: "
                          f"{', '.join(map(str, decision.candidates)) or 'none'}")
-    act_layout, weight_layout = get_backend(backend_id).scale_layouts(platform or detect())
+    backend = get_backend(backend_id)
+    act_layout, weight_layout = backend.scale_layouts(platform or detect())
     return replace(decision, backend=backend_id, act_scale_layout=act_layout, weight_scale_layout=weight_layout,
-                   use_deep_gemm=backend_id is BackendId.DEEPGEMM, warnings=(),
+                   use_deep_gemm=backend_id is BackendId.DEEPGEMM, warnings=(), dispatch=(),
+                   grouped_moe=decision.kind == "moe" and offers_grouped_moe(backend),
                    reasons=(*decision.reasons, f"{backend_id}: candidate of the {decision.backend} decision"))
 
 

@@ -13,6 +13,13 @@ Lifecycle (the seed's, vLLM's):
 4. ``forward``: the backend quantizes the activation in the scale format and layout the decision names, then
    runs its GEMM. Every consumer reads the same decision; nothing re-probes the platform.
 
+Per-M dispatch: when the policy chose automatically and the decision carries a dispatch plan
+(``Decision.dispatch``: M bucket -> one of ``Decision.candidates``, from the shipped tuned table), step 3 also
+prepares the weight once for every backend of the plan (``select.for_candidate`` gives each its layouts; the FP8
+weight is shared, UE8M0 requants too) and ``forward`` picks by the input's row count: ``decision.backend_for_m``
+then a dict lookup, no host sync. An explicit choice (config / env naming a backend) has one candidate and no
+plan, so it is never dispatched away from.
+
 Inputs may have any leading shape ``[..., K]`` and be bf16, fp16 or fp32. The GEMM writes ``out_dtype``
 (the layer's parameter dtype, fixed when the decision is made); the result is returned in the input's dtype.
 """
@@ -65,6 +72,15 @@ def check_loaded_scales(scale: torch.Tensor, name: str) -> None:
         )
 
 
+def _share_requant(prepared: PreparedWeight, first: PreparedWeight) -> None:
+    """Candidates share the scale format, so a UE8M0 requant gives every backend the same FP8 weight: keep one
+    copy (the requant is deterministic; checked once at load)."""
+    w, w0 = prepared.weight, first.weight
+    if (w is not prepared.checkpoint_weight and w0 is not first.checkpoint_weight and w.shape == w0.shape
+            and w.dtype == w0.dtype and torch.equal(w.view(torch.uint8), w0.view(torch.uint8))):
+        prepared.weight = w0
+
+
 class BlockFP8Linear(nn.Module):
     """A linear layer with a block-FP8 weight. See the module docstring for the lifecycle."""
 
@@ -96,6 +112,8 @@ class BlockFP8Linear(nn.Module):
         self.decision: Decision | None = None
         self.prepared: PreparedWeight | None = None
         self._backend = None
+        # backend id -> (backend, its decision, its prepared weight): the chosen one plus the dispatch plan's
+        self._runners: dict = {}
         self.create_weights(bias, device)
 
     # ------------------------------------------------------------------ 1. create
@@ -180,6 +198,7 @@ class BlockFP8Linear(nn.Module):
         elif self.bias is not None and self.bias.is_meta:
             raise ValueError(f"{label}.bias: the layer has a bias but none was given")
         self.decision = self.prepared = self._backend = None
+        self._runners = {}
 
     # ------------------------------------------------------------------ 3. decide + prepare
     def problem(self) -> GemmProblem:
@@ -204,7 +223,15 @@ class BlockFP8Linear(nn.Module):
         backend = select.get_backend(decision.backend)
         self.prepared = backend.prepare_weight(self.weight.data, self.weight_scale_inv.data, decision,
                                                self.block_size)
-        self.decision, self._backend = decision, backend
+        runners = {decision.backend: (backend, decision, self.prepared)}
+        for _, backend_id in decision.dispatch:
+            if backend_id not in runners:
+                cand = select.for_candidate(decision, backend_id, platform)
+                other = select.get_backend(backend_id)
+                prepared = other.prepare_weight(self.weight.data, self.weight_scale_inv.data, cand, self.block_size)
+                _share_requant(prepared, self.prepared)
+                runners[backend_id] = (other, cand, prepared)
+        self.decision, self._backend, self._runners = decision, backend, runners
         return decision
 
     # ------------------------------------------------------------------ 4. forward
@@ -219,11 +246,14 @@ class BlockFP8Linear(nn.Module):
                              f"K={self.in_features}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        x_q, x_s = self._backend.quantize_act(x2, self.decision, self.block_size[1])
-        out = self._backend.gemm(x_q, x_s, self.prepared, self.params_dtype, self.bias)
+        backend, decision, prepared = self._runners[self.decision.backend_for_m(x2.shape[0])]
+        x_q, x_s = backend.quantize_act(x2, decision, self.block_size[1])
+        out = backend.gemm(x_q, x_s, prepared, self.params_dtype, self.bias)
         return out.reshape(*lead, self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         backend = "undecided" if self.decision is None else f"{self.decision.backend}/{self.decision.act_scale_fmt}"
+        if self.decision is not None and self.decision.dispatch:
+            backend += ", dispatch=" + ",".join(f"<={m}:{b}" for m, b in self.decision.dispatch)
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"block_size={list(self.block_size)}, backend={backend}")

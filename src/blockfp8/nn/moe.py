@@ -9,11 +9,14 @@ Expert weights, vLLM's layout:
   intermediate size that is not a multiple of bn works; when it is, this is exactly the fused blocking.
 * ``w2_weight`` FP8 ``[E, H, I]`` (down), ``w2_weight_scale_inv`` float32 ``[E, ceil(H/bn), ceil(I/bk)]``.
 
-Execution: tokens are grouped by expert (a stable sort of the flattened top-k choices), each expert runs its
-two GEMMs through the backend of the layer's MoE decision (``kind="moe"``, resolved once per GEMM shape in
-``process_weights_after_loading``, the same policy and knobs the dense layers obey), and the weighted outputs
-are summed back per token in float32. This is the reference grouped path; a fused grouped kernel plugs in at
-:meth:`BlockFP8Experts.run_expert`.
+Execution: the MoE decisions (``kind="moe"``, resolved once per GEMM shape in ``process_weights_after_loading``,
+the same policy and knobs the dense layers obey) say whether their backend runs all experts in one grouped
+launch (``Decision.grouped_moe``: Triton's fused block-FP8 grouped GEMM). When both GEMMs' decisions name that
+backend and it fuses the layer's activation, the backend prepares every expert's weights once
+(``prepare_moe``: its own scale blocking and layout) and ``forward`` makes one call (``moe``). Otherwise tokens
+are grouped by expert (a stable sort of the flattened top-k choices), each expert runs its two GEMMs through the
+decision's backend (:meth:`BlockFP8Experts.run_expert`), and the weighted outputs are summed back per token in
+float32 (the reference path, e.g. on a CPU).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from torch import nn
 
 from blockfp8.backends import select
-from blockfp8.backends.base import Decision, GemmProblem, PreparedWeight
+from blockfp8.backends.base import Decision, GemmProblem, PreparedMoE, PreparedWeight
 from blockfp8.config import BlockFP8Config
 from blockfp8.nn.linear import (
     _DTYPE_NAMES,
@@ -37,6 +40,13 @@ from blockfp8.platform import Platform
 from blockfp8.quant import reference as ref
 
 PARTS = ("gate", "up", "down")
+
+
+def activation_name(act_fn: Callable[[torch.Tensor], torch.Tensor]) -> str | None:
+    """The name a grouped MoE kernel knows the gated activation by ("silu"), or None for anything else."""
+    if act_fn is nn.functional.silu or isinstance(act_fn, nn.SiLU) or type(act_fn).__name__ == "SiLUActivation":
+        return "silu"
+    return None
 
 
 def select_experts(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +91,7 @@ class BlockFP8Experts(nn.Module):
         self.params_dtype, self.fp8_dtype, self.name = params_dtype, fp8_dtype, name
         self.decisions: dict[str, Decision] = {}
         self.prepared: list[dict[str, PreparedWeight]] = []
+        self.prepared_moe: PreparedMoE | None = None  # set when the decisions' backend runs the grouped kernel
         self._backends: dict[str, object] = {}
         self.create_weights(device)
 
@@ -130,7 +141,7 @@ class BlockFP8Experts(nn.Module):
                              f"{tuple(s_all.shape[1:])}")
         w_all[expert].copy_(weight)
         s_all[expert].copy_(s)
-        self.decisions, self.prepared = {}, []
+        self.decisions, self.prepared, self.prepared_moe = {}, [], None
 
     @classmethod
     def from_fused(
@@ -176,8 +187,9 @@ class BlockFP8Experts(nn.Module):
                            grouped=True, num_experts=self.num_experts)
 
     def process_weights_after_loading(self, platform: Platform | None = None) -> dict[str, Decision]:
-        """Resolve the MoE decision once per GEMM shape (w13: N=2I, K=H; w2: N=H, K=I) and prepare every
-        expert's weights for the chosen backend."""
+        """Resolve the MoE decision once per GEMM shape (w13: N=2I (N=I when I % bn != 0), K=H; w2: N=H, K=I) and
+        prepare every expert's weights for the chosen backend: all at once for its grouped kernel when the
+        decisions say it has one, else expert by expert."""
         label = self.name or "BlockFP8Experts"
         if self.w13_weight.is_meta:
             raise ValueError(f"{label}: weights were never loaded")
@@ -185,14 +197,36 @@ class BlockFP8Experts(nn.Module):
         check_loaded_scales(self.w2_weight_scale_inv, f"{label}.w2_weight_scale_inv")
         platform = runtime_platform(self.w13_weight.device, platform)
         i, h = self.intermediate_size, self.hidden_size
+        # The w13 problem is the GEMM the per-expert path runs: [gate; up] at once (N = 2I) when I is a whole
+        # number of weight blocks, else gate and up apart (N = I), so a backend's N alignment rule sees that N.
+        n13 = 2 * i if i % self.block_size[0] == 0 else i
         decisions = {
-            "w13": select.resolve(self._problem(2 * i, h, self.w13_weight_scale_inv), self.config, platform, "moe"),
+            "w13": select.resolve(self._problem(n13, h, self.w13_weight_scale_inv), self.config, platform, "moe"),
             "w2": select.resolve(self._problem(h, i, self.w2_weight_scale_inv), self.config, platform, "moe"),
         }
         for d in decisions.values():
             select.log_decision(d)
         backends = {k: select.get_backend(d.backend) for k, d in decisions.items()}
-        fused = i % self.block_size[0] == 0  # the separately blocked halves are then the fused blocking
+        self.prepared, self.prepared_moe = [], None
+        if self._grouped(decisions, backends["w13"]):
+            self.prepared_moe = backends["w13"].prepare_moe(
+                self.w13_weight.data, self.w13_weight_scale_inv.data, self.w2_weight.data,
+                self.w2_weight_scale_inv.data, decisions["w13"], i, self.block_size, activation_name(self.act_fn))
+        else:
+            self.prepared = self._prepare_per_expert(decisions, backends)
+        self.decisions, self._backends = decisions, backends
+        return decisions
+
+    def _grouped(self, decisions: dict[str, Decision], backend: object) -> bool:
+        """One grouped launch when both GEMMs' decisions name a backend that offers it (``Decision.grouped_moe``),
+        with the same scale formats, and its kernel fuses this layer's activation."""
+        d13, d2 = decisions["w13"], decisions["w2"]
+        return (d13.grouped_moe and d2.backend is d13.backend and d2.act_scale_fmt is d13.act_scale_fmt
+                and d2.requant_weight_ue8m0 == d13.requant_weight_ue8m0
+                and activation_name(self.act_fn) in getattr(backend, "moe_activations", ()))
+
+    def _prepare_per_expert(self, decisions: dict[str, Decision], backends: dict) -> list[dict[str, PreparedWeight]]:
+        fused = self.intermediate_size % self.block_size[0] == 0  # the separately blocked halves are the fused ones
         prepared = []
         for x in range(self.num_experts):
             per: dict[str, PreparedWeight] = {}
@@ -206,8 +240,7 @@ class BlockFP8Experts(nn.Module):
             w, s = self._slices("down")
             per["down"] = backends["w2"].prepare_weight(w[x], s[x], decisions["w2"], self.block_size)
             prepared.append(per)
-        self.decisions, self._backends, self.prepared = decisions, backends, prepared
-        return decisions
+        return prepared
 
     @property
     def decision(self) -> Decision | None:
@@ -232,7 +265,7 @@ class BlockFP8Experts(nn.Module):
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
         label = self.name or "BlockFP8Experts"
-        if not self.prepared:
+        if not self.prepared and self.prepared_moe is None:
             raise RuntimeError(f"{label}: call process_weights_after_loading() before forward()")
         if hidden_states.dim() != 2 or hidden_states.shape[1] != self.hidden_size:
             raise ValueError(f"{label}: hidden_states must be [T, {self.hidden_size}], got "
@@ -241,6 +274,13 @@ class BlockFP8Experts(nn.Module):
             raise ValueError(f"{label}: top_k_index {tuple(top_k_index.shape)} and top_k_weights "
                              f"{tuple(top_k_weights.shape)} must both be [T, k] with T={hidden_states.shape[0]}")
         x = hidden_states.to(self.params_dtype)
+        if self.prepared_moe is not None:
+            # No host sync: the range check runs on the device (an index out of range would read past the
+            # expert weights in the kernel).
+            torch._assert_async(((top_k_index >= 0) & (top_k_index < self.num_experts)).all(),
+                                f"{label}: expert index out of range [0, {self.num_experts})")
+            out = self._backends["w13"].moe(x, self.prepared_moe, top_k_weights, top_k_index, self.decisions["w13"])
+            return out.to(hidden_states.dtype)
         k = top_k_index.shape[1]
         flat = top_k_index.reshape(-1).to(torch.int64)
         weights = top_k_weights.reshape(-1)
@@ -264,7 +304,8 @@ class BlockFP8Experts(nn.Module):
         d = self.decision
         return (f"num_experts={self.num_experts}, hidden_size={self.hidden_size}, "
                 f"intermediate_size={self.intermediate_size}, block_size={list(self.block_size)}, "
-                f"backend={'undecided' if d is None else f'{d.backend}/{d.act_scale_fmt}'}")
+                f"backend={'undecided' if d is None else f'{d.backend}/{d.act_scale_fmt}'}"
+                f"{', grouped' if self.prepared_moe is not None else ''}")
 
 
 class BlockFP8MoE(nn.Module):
