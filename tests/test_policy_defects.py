@@ -101,7 +101,7 @@ def test_defect3_moe_layers_follow_the_guard_and_the_global_off_switch(monkeypat
     assert len(moe.warnings) == 1 and "for moe layers" in moe.warnings[0]
     monkeypatch.setenv("BLOCKFP8_USE_DEEP_GEMM", "0")  # off everywhere, for a model the guard does not know
     moe = select.resolve(MOE, BlockFP8Config(model_type="llama"), platform_mod.detect("sm_90"), kind="moe")
-    assert moe.backend is BackendId.SCALED_MM and moe.source == "env"
+    assert moe.backend is BackendId.TRITON and moe.source == "env" and moe.grouped_moe  # Triton's fused MoE
 
 
 def test_defect3_consumers_never_reach_a_kernel_the_decision_turned_off(monkeypatch):
@@ -136,7 +136,7 @@ def test_defect3_moe_needs_the_grouped_kernel(monkeypatch):
     plat = platform_mod.detect("sm_90")
     assert select.resolve(DENSE, None, plat).backend is BackendId.DEEPGEMM
     moe = select.resolve(MOE, None, plat, kind="moe")
-    assert moe.backend is BackendId.SCALED_MM
+    assert moe.backend is BackendId.TRITON  # next in the MoE order: a grouped (fused) kernel before a per-expert loop
     assert any("m_grouped_fp8_gemm_nt_contiguous" in r for r in moe.reasons)
 
 

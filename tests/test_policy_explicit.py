@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blockfp8 import platform as platform_mod
-from blockfp8.backends import registry, select
+from blockfp8.backends import select
 from blockfp8.backends.base import BackendId, Decision, GemmProblem, ScaleFmt, ScaleLayout
 from blockfp8.config import BlockFP8Config
 from blockfp8.envs import EnvError
@@ -218,7 +218,7 @@ def test_every_decision_is_self_consistent(config, problem, arch, kind):
     for w in d.warnings:  # a warning that names a selected backend names the real one
         if "Selected " in w:
             assert f"Selected {d.backend} " in w
-    order = [b for b in registry.PREFERENCE_ORDER if b in d.candidates]
+    order = [b for b in select.preference_order(kind) if b in d.candidates]
     assert list(d.candidates) == order
 
 

@@ -19,6 +19,8 @@ ARCHS = (None, "sm_89", "sm_90", "sm_100", "sm_120")  # None: this CPU, no GPU s
 GUARDED, UNGUARDED = "qwen3_5_text", "llama"
 # What the default order gives once DeepGEMM is out of the picture, per arch (issue 3, "default order").
 FALLBACK = {None: "reference", "sm_89": "triton", "sm_90": "scaled_mm", "sm_100": "triton", "sm_120": "triton"}
+# MoE: after DeepGEMM a backend with a grouped kernel comes first, so Hopper's MoE fallback is Triton's fused MoE.
+FALLBACK_MOE = {**FALLBACK, "sm_90": "triton"}
 DEEP_GEMM_ARCHS = ("sm_90", "sm_100")
 UE8M0_ONLY_ARCHS = ("sm_100", "sm_120")  # where the guard's known-bad list applies (guard.json)
 
@@ -41,6 +43,7 @@ def expected(arch, dg_present, model_type, env, cfg, kind):
         warnings.append((f"BLOCKFP8_USE_DEEP_GEMM={env} is ignored for {kind} layers: "
                          f"config.use_deep_gemm={cfg} takes precedence",))
     guard_would_act = model_type == GUARDED and arch in UE8M0_ONLY_ARCHS
+    fallback = (FALLBACK_MOE if kind == "moe" else FALLBACK)[arch]
     if request is True:
         if not dg_usable:
             return select.BackendUnavailableError
@@ -50,15 +53,15 @@ def expected(arch, dg_present, model_type, env, cfg, kind):
                              f"a known accuracy risk", "UE8M0"))
         return "deepgemm", request_source, warnings
     if request is False:
-        return FALLBACK[arch], request_source if dg_usable else "default", warnings
+        return fallback, request_source if dg_usable else "default", warnings
     if dg_usable and guard_would_act:
         knob = "BLOCKFP8_USE_DEEP_GEMM=1 or use_deep_gemm" if kind == "linear" else \
             "BLOCKFP8_MOE_USE_DEEP_GEMM=1 or moe_use_deep_gemm"
         warnings.append((f"DeepGEMM auto-disabled for {kind} layers of model_type={model_type} on {arch}: its kernel "
                          f"there takes only UE8M0 (power-of-two) scales, known to lose accuracy for this model",
-                         f"Selected {FALLBACK[arch]} with float32 scales instead. Set {knob}=True to force DeepGEMM."))
-        return FALLBACK[arch], "guard", warnings
-    return ("deepgemm" if dg_usable else FALLBACK[arch]), "default", warnings
+                         f"Selected {fallback} with float32 scales instead. Set {knob}=True to force DeepGEMM."))
+        return fallback, "guard", warnings
+    return ("deepgemm" if dg_usable else fallback), "default", warnings
 
 
 @pytest.fixture
@@ -131,7 +134,8 @@ def test_matrix_covers_every_combination():
 
 @pytest.mark.parametrize("arch", DEEP_GEMM_ARCHS)
 def test_dense_and_moe_agree_unless_told_otherwise(arch, monkeypatch):
-    """Same config and env -> same backend for dense and MoE; only the MoE knob makes them differ."""
+    """Same config and env -> the same DeepGEMM answer, source and scale format for dense and MoE; only the MoE knob
+    makes them differ. (Without DeepGEMM the MoE fallback may be another backend: a grouped kernel first.)"""
     fake_deep_gemm.install(monkeypatch)
     plat = platform_mod.detect(arch)
     for model_type, env in itertools.product((GUARDED, UNGUARDED), (None, "0", "1")):
@@ -141,7 +145,8 @@ def test_dense_and_moe_agree_unless_told_otherwise(arch, monkeypatch):
         config = BlockFP8Config(model_type=model_type)
         dense = select.resolve(problem_for("linear"), config, plat, kind="linear")
         moe = select.resolve(problem_for("moe"), config, plat, kind="moe")
-        assert (dense.backend, dense.source) == (moe.backend, moe.source), f"model={model_type} env={env}"
+        assert (dense.use_deep_gemm, dense.source, dense.act_scale_fmt) == \
+            (moe.use_deep_gemm, moe.source, moe.act_scale_fmt), f"model={model_type} env={env}"
     monkeypatch.setenv("BLOCKFP8_USE_DEEP_GEMM", "0")
     monkeypatch.setenv("BLOCKFP8_MOE_USE_DEEP_GEMM", "1")
     config = BlockFP8Config(model_type=GUARDED)

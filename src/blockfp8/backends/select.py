@@ -173,7 +173,7 @@ def resolve(problem: GemmProblem, config: BlockFP8Config | None = None, platform
 
     chosen, source, allowed = None, "default", []
     guarded: GuardVerdict | None = None
-    for backend_id in PREFERENCE_ORDER:
+    for backend_id in preference_order(kind):
         cap = caps[backend_id]
         if not cap.ok:
             notes.append(f"{backend_id}: skipped: {cap.reason}")
@@ -210,6 +210,16 @@ def resolve(problem: GemmProblem, config: BlockFP8Config | None = None, platform
     candidates = tuple(b for b in allowed if caps[b].scale_fmt is caps[chosen].scale_fmt)
     plan = _dispatch_plan(problem, platform, candidates, notes) if kind == "linear" else ()
     return _decision(problem, platform, kind, chosen, source, caps, notes, warnings, candidates, plan)
+
+
+def preference_order(kind: str) -> tuple[BackendId, ...]:
+    """The default order. For MoE, after DeepGEMM, a backend with a grouped kernel (one launch for all experts)
+    comes before one that loops over experts: on Hopper that puts Triton's fused MoE ahead of scaled_mm."""
+    if kind != "moe":
+        return PREFERENCE_ORDER
+    rest = [b for b in PREFERENCE_ORDER if b is not BackendId.DEEPGEMM]
+    rest.sort(key=lambda b: not offers_grouped_moe(get_backend(b)))  # stable: keeps the order within each group
+    return (BackendId.DEEPGEMM, *rest)
 
 
 def _dispatch_plan(problem: GemmProblem, platform: Platform, candidates: tuple[BackendId, ...],
