@@ -8,9 +8,10 @@ linears are blockfp8 layers (`BlockFP8Linear` through the policy) sharded with `
 
 Measures prefill tokens/s (batch x seq), decode ms/token (batch 1, KV cache of --ctx tokens, eager: no CUDA graph
 in either TP size), and the all-reduce share of a decode step and of a prefill (NCCL kernel time from the profiler
-over the step's wall time). Rank 0 appends rows to DIR/tp_decoder.csv and prints them. Also shows the error a user
-gets when a partition would cut a 128-block. Keep NVLink multicast off: NCCL_NVLS_ENABLE=0,
-TORCH_SYMM_MEM_DISABLE_MULTICAST=1.
+over the step's wall time). Correctness: last-token logits of TP=2 vs TP=1, next to the FP8 error itself (FP8
+logits vs the same model with dequantized weights in bf16). Rank 0 appends rows to DIR/tp_decoder.csv and prints
+them. Also shows the error a user gets when a partition would cut a 128-block. Keep NVLink multicast off:
+NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1.
 """
 
 from __future__ import annotations
@@ -105,6 +106,25 @@ class TPDecoder(torch.nn.Module):
         return x[:, -1] @ self.embed.t()
 
 
+def dequantized_logits(model: TPDecoder, ids: torch.Tensor) -> torch.Tensor:
+    """The same forward with every local FP8 linear replaced by a bf16 matmul of its *dequantized* weight (the
+    all-reduces stay): the FP8 computation's own error (activation quantization, FP8 GEMM) is logits vs these."""
+    layers = [m.local for m in model.modules() if isinstance(m, (ColumnParallelBlockFP8Linear,
+                                                                  RowParallelBlockFP8Linear))]
+    originals = [layer.forward for layer in layers]
+    try:
+        for layer in layers:
+            def deq_forward(x, _layer=layer):
+                w = ref.dequantize_weight(_layer.weight, _layer.weight_scale_inv, _layer.block_size, torch.bfloat16)
+                return F.linear(x, w)
+
+            layer.forward = deq_forward
+        return model(ids, torch.arange(ids.shape[1], device=ids.device)).float()
+    finally:
+        for layer, forward in zip(layers, originals, strict=True):
+            layer.forward = forward
+
+
 def timed(fn, reps: int, warmup: int = 2) -> list[float]:
     """Wall time per call in seconds, every rank in step (barrier before each rep)."""
     for _ in range(warmup):
@@ -175,6 +195,7 @@ def main() -> int:
         g = torch.Generator(device="cuda").manual_seed(123)
         probe_ids = torch.randint(0, cfg["vocab_size"], (2, 64), device="cuda", generator=g)
         logits = model(probe_ids, torch.arange(64, device="cuda")).float()
+        fp8_err = metrics.calc_diff(dequantized_logits(model, probe_ids), logits)
 
         ids = torch.randint(0, cfg["vocab_size"], (args.batch, args.seq), device="cuda", generator=g)
         pos = torch.arange(args.seq, device="cuda")
@@ -205,6 +226,7 @@ def main() -> int:
             "prefill_ms": round(pre_s * 1e3, 2), "prefill_allreduce_share": round(pre_share, 4),
             "decode_ms_per_token": round(dec_s * 1e3, 3), "decode_allreduce_share": round(dec_share, 4),
             "logits_calc_diff_vs_tp1": f"{diff:.3g}", "logits_max_rel_err_vs_tp1": f"{max_rel:.3g}",
+            "logits_calc_diff_fp8_vs_dequant_bf16": f"{fp8_err:.3g}",
             "calc_diff_ok": diff < E2E_CALC_DIFF, "build_s": round(t_build, 1),
             "batch": args.batch, "seq": args.seq, "ctx": args.ctx, "partition_check": partition,
             **results.environment(),
@@ -217,7 +239,8 @@ def main() -> int:
                 w.writeheader()
             w.writerow(row)
         for key in ("tp", "backends", "prefill_tokens_per_s", "prefill_allreduce_share", "decode_ms_per_token",
-                    "decode_allreduce_share", "logits_calc_diff_vs_tp1", "partition_check"):
+                    "decode_allreduce_share", "logits_calc_diff_vs_tp1", "logits_calc_diff_fp8_vs_dequant_bf16",
+                    "partition_check"):
             print(f"{key:26s} {row[key]}")
     dist.barrier()
     dist.destroy_process_group()
