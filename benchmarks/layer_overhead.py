@@ -1,0 +1,90 @@
+"""Host-side cost of one BlockFP8Linear call at decode size, against the bare kernels it runs.
+
+    PYTHONPATH=src python benchmarks/layer_overhead.py [--n 2112 --k 7168 --m 1 --calls 2000]
+
+Prints µs per call (wall, averaged over back-to-back calls, synchronized once at the end) for the layer, for the
+backend's quantize_act + gemm called directly, for the Triton launchers alone, and for the layer captured in a CUDA
+graph (replay); then the top functions of a cProfile of the layer calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+from blockfp8.nn import BlockFP8Linear
+
+
+def per_call_us(fn, calls: int) -> float:
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=2112)
+    ap.add_argument("--k", type=int, default=7168)
+    ap.add_argument("--m", type=int, default=1)
+    ap.add_argument("--calls", type=int, default=2000)
+    args = ap.parse_args()
+    lin = torch.nn.Linear(args.k, args.n, bias=False, device="cuda", dtype=torch.bfloat16)
+    layer = BlockFP8Linear.from_linear(lin, name="probe")
+    x = torch.randn(args.m, args.k, device="cuda", dtype=torch.bfloat16)
+    backend_id = layer.decision.backend_for_m(args.m)
+    backend, decision, prepared = layer._runners[backend_id]
+    print(f"decision {layer.decision.backend}, runs {backend_id} at M={args.m}")
+
+    def direct():
+        q, s = backend.quantize_act(x, decision, 128)
+        return backend.gemm(q, s, prepared, torch.bfloat16)
+
+    rows = {"layer.forward": per_call_us(lambda: layer(x), args.calls),
+            "backend quantize_act+gemm": per_call_us(direct, args.calls)}
+    if str(backend_id) == "triton":
+        from blockfp8.backends import triton_gemm, triton_quant
+
+        q, s = triton_quant.quantize_act(x, 128, "float32", "row_major")
+        rows["triton_quant.quantize_act"] = per_call_us(lambda: triton_quant.quantize_act(x, 128, "float32",
+                                                                                           "row_major"), args.calls)
+        rows["triton_gemm.fp8_block_gemm"] = per_call_us(
+            lambda: triton_gemm.fp8_block_gemm(q, s, prepared.weight, prepared.scale), args.calls)
+    # the same call captured in a CUDA graph (how serving engines run decode): replay cost and output check
+    static_x = x.clone()
+    eager = layer(static_x)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            layer(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = layer(static_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    rows["layer in a CUDA graph (replay)"] = per_call_us(graph.replay, args.calls)
+    print(f"graph replay output equals eager: {torch.equal(static_out, eager)}")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(500):
+        layer(x)
+    torch.cuda.synchronize()
+    prof.disable()
+    for name, us in rows.items():
+        print(f"{name:32s} {us:8.1f} us/call")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(22)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
