@@ -118,7 +118,7 @@ def _block_code_histogram(codes: torch.Tensor, block: tuple[int, int], workers: 
     """Per-block histogram of the 256 byte codes of ``codes[N, K]`` (uint8): int64 ``[ceil(N/bn), ceil(K/bk), 256]``.
 
     ``method="packed"`` (the CPU default): each code and its block column (< 127 per pass) are packed into one
-    int16 (low byte code, high byte column) and counted with one ``bincount`` per row of blocks, about two passes
+    int16 (code + 256 * column, always positive) and counted with one ``bincount`` per row of blocks, a few passes
     over the bytes in cache-sized pieces; rows of blocks are shared among ``workers`` threads (default: torch's
     intra-op thread count, which is set to 1 meanwhile so the threads do not oversubscribe the cores).
     ``method="flat"`` (the CUDA default): one int32 bin index per element and a single ``bincount`` (three kernels
@@ -141,13 +141,16 @@ def _block_code_histogram(codes: torch.Tensor, block: tuple[int, int], workers: 
 
     def count(block_rows: Sequence[int], c0: int, c1: int) -> None:
         jb0, nbk_pass = c0 // bk, ref.cdiv(c1 - c0, bk)
-        buf = torch.empty((min(bn, n), c1 - c0, 2), dtype=torch.uint8, device=dev)
-        buf[..., 1] = (torch.arange(c1 - c0, device=dev) // bk).to(torch.uint8)[None, :]
-        packed = buf.view(torch.int16).view(buf.shape[0], c1 - c0)
+        # code + 256 * block column: widening the bytes into a contiguous int16 buffer and adding the column term
+        # is ~1.4x faster than writing the codes into every other byte of an interleaved buffer
+        colterm = ((torch.arange(c1 - c0, device=dev) // bk) * 256).to(torch.int16)
+        buf = torch.empty((min(bn, n), c1 - c0), dtype=torch.int16, device=dev)
         for i in block_rows:
             r0, r1 = i * bn, min(n, (i + 1) * bn)
-            buf[: r1 - r0, :, 0].copy_(codes[r0:r1, c0:c1])
-            counts = torch.bincount(packed[: r1 - r0].reshape(-1), minlength=nbk_pass * 256)
+            packed = buf[: r1 - r0]
+            packed.copy_(codes[r0:r1, c0:c1])
+            packed.add_(colterm)
+            counts = torch.bincount(packed.reshape(-1), minlength=nbk_pass * 256)
             out[i, jb0 : jb0 + nbk_pass] = counts.view(nbk_pass, 256)
 
     threads = torch.get_num_threads()
