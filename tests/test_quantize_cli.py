@@ -246,3 +246,11 @@ def test_load_refuses_unknown_and_missing_tensors(llama_src, tmp_path):
     index_path.write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="not in the checkpoint, e.g. model.norm.weight"):
         load_fp8_checkpoint(dst)
+
+
+def test_missing_src_is_a_usage_error_naming_it(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    assert main(["quantize", str(missing), str(tmp_path / "dst")]) == 2
+    err = capsys.readouterr().err
+    assert f"SRC {missing}: not a model folder" in err
+    assert not (tmp_path / "dst").exists()

@@ -45,10 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
+    from pathlib import Path
 
+    from blockfp8.cli.main import UsageError
     from blockfp8.formats import CheckpointError, quantize_checkpoint
     from blockfp8.nn.quantize import ModelTensorSelector
 
+    if not Path(args.src).is_dir():
+        raise UsageError(f"SRC {args.src}: not a model folder (expected a folder with config.json and *.safetensors)")
     try:
         selector = ModelTensorSelector(args.src, args.ignore)
         report = quantize_checkpoint(args.src, args.dst, selector, block_size=args.block, scale_fmt=args.scale_fmt,
