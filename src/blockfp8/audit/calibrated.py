@@ -26,19 +26,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from blockfp8.audit.checkpoint import inflation_histogram
-from blockfp8.audit.weights import MAX_BITS
+from blockfp8.audit.weights import bits_from_power
 from blockfp8.quant import reference as ref
 
 OUTLIER_FACTOR = 8.0
 DEFAULT_SKIP = ("lm_head",)
 
 
-def _bits(signal: float, noise: float) -> float:
-    if noise <= 0.0:
-        return MAX_BITS
-    if signal <= 0.0:
-        return -MAX_BITS
-    return max(min(0.5 * math.log2(signal / noise), MAX_BITS), -MAX_BITS)
 
 
 @dataclass(frozen=True)
@@ -79,7 +73,7 @@ class _Layer:
         self.wq = {f: ref.quantize_weight(w, block, f, name=name) for f in ref.SCALE_FMTS}
         wd = {f: ref.dequantize_weight(*self.wq[f], block) for f in ref.SCALE_FMTS}
         wsig = float((w.double() ** 2).sum())
-        self.weight_bits = {f: _bits(wsig, float(((w - wd[f]).double() ** 2).sum())) for f in ref.SCALE_FMTS}
+        self.weight_bits = {f: bits_from_power(wsig, float(((w - wd[f]).double() ** 2).sum())) for f in ref.SCALE_FMTS}
         winfl = self.wq["ue8m0"][1] / self.wq["float32"][1]
         self.weight_inflation_mean = float(winfl.double().mean())
         self.weight_hist = inflation_histogram(winfl)
@@ -129,8 +123,8 @@ class _Layer:
 
     def row(self) -> CalibratedRow:
         sig, xsig = float(self.sig), float(self.xsig)
-        bits = {f: _bits(sig, float(self.err[f])) for f in ref.SCALE_FMTS}
-        xbits = {f: _bits(xsig, float(self.xerr[f])) for f in ref.SCALE_FMTS}
+        bits = {f: bits_from_power(sig, float(self.err[f])) for f in ref.SCALE_FMTS}
+        xbits = {f: bits_from_power(xsig, float(self.xerr[f])) for f in ref.SCALE_FMTS}
         rms_ch = (self.ch_sumsq / max(self.tokens, 1)).sqrt()
         med = float(rms_ch.median())
         rms = math.sqrt(float(self.ch_sumsq.sum()) / max(self.tokens * self.k, 1))

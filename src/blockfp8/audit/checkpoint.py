@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from blockfp8.audit.weights import MAX_BITS, audit_weight
+from blockfp8.audit.weights import MAX_BITS, audit_weight, bits_from_power
 from blockfp8.formats.errors import CheckpointError
 from blockfp8.formats.fp8 import FP8Checkpoint
 from blockfp8.formats.quant_config import CheckpointQuantConfig, read_quant_config
@@ -63,10 +63,6 @@ def inflation_histogram(inflation: torch.Tensor) -> list[int]:
     return torch.bincount(idx, minlength=64).tolist()
 
 
-def _finite(bits: float) -> float:
-    if math.isnan(bits):
-        raise ValueError("bits is NaN")
-    return max(min(bits, MAX_BITS), -MAX_BITS)
 
 
 @dataclass(frozen=True)
@@ -283,8 +279,8 @@ def audit_fp8_tensor(
     if signal == 0.0:  # an all-zero weight: nothing to lose
         bits32 = bits8 = MAX_BITS
     else:
-        bits32 = _finite(0.5 * math.log2(signal / noise))
-        bits8 = _finite(0.5 * math.log2(signal / (noise + extra)))
+        bits32 = bits_from_power(signal, noise)
+        bits8 = bits_from_power(signal, noise + extra)
     return CheckpointRow(
         name=name,
         source="fp8",

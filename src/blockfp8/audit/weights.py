@@ -21,8 +21,21 @@ from blockfp8.quant import reference as ref
 MAX_BITS = 64.0
 
 
-def _finite_bits(bits: float) -> float:
-    return MAX_BITS if math.isinf(bits) and bits > 0 else max(min(bits, MAX_BITS), -MAX_BITS)
+def finite_bits(bits: float) -> float:
+    """Clamp to +-MAX_BITS (infinities included); NaN is a bug upstream and raises."""
+    if math.isnan(bits):
+        raise ValueError("bits is NaN")
+    return max(min(bits, MAX_BITS), -MAX_BITS)
+
+
+def bits_from_power(signal: float, noise: float) -> float:
+    """SNR in bits from summed squares, 0.5 * log2(signal / noise): MAX_BITS without noise, -MAX_BITS without
+    signal."""
+    if noise <= 0.0:
+        return MAX_BITS
+    if signal <= 0.0:
+        return -MAX_BITS
+    return finite_bits(0.5 * math.log2(signal / noise))
 
 
 @dataclass(frozen=True)
@@ -50,8 +63,8 @@ def audit_weight(name: str, w: torch.Tensor, block_size: Sequence[int] = (128, 1
     q8, s8 = ref.quantize_weight(w32, block_size, "ue8m0", name=name)
     deq32 = ref.dequantize_weight(q32, s32, block_size)
     deq8 = ref.dequantize_weight(q8, s8, block_size)
-    bits32 = _finite_bits(metrics.snr_bits(w32, deq32))
-    bits8 = _finite_bits(metrics.snr_bits(w32, deq8))
+    bits32 = finite_bits(metrics.snr_bits(w32, deq32))
+    bits8 = finite_bits(metrics.snr_bits(w32, deq8))
     inflation = s8 / s32
     return WeightAudit(
         name=name,

@@ -18,6 +18,7 @@ M_BUCKETS = (1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 def m_bucket(m: int) -> int:
+    """The smallest bucket >= m (the largest bucket for anything bigger); tuned configs and dispatch share it."""
     for b in M_BUCKETS:
         if m <= b:
             return b

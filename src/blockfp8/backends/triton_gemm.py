@@ -26,19 +26,11 @@ from importlib import resources
 
 import torch
 
+from blockfp8.backends.dispatch import m_bucket  # one bucket list for configs and dispatch
 from blockfp8.quant.reference import QuantError, cdiv, normalize_block_size
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-M_BUCKETS = (1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 TUNED_FILE = "triton_gemm.json"
-
-
-def m_bucket(m: int) -> int:
-    """The smallest bucket >= m (the largest bucket for anything bigger)."""
-    for b in M_BUCKETS:
-        if m <= b:
-            return b
-    return M_BUCKETS[-1]
 
 
 @functools.cache

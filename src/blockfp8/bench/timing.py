@@ -25,13 +25,10 @@ class L2Flusher:
         self.buf.zero_()
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], reps: int = 50, warmup: int = 5,
-                     flush: L2Flusher | None = None, hide_launch_us: float = 200.0) -> dict[str, list[float]]:
-    """Times each callable ``reps`` times (µs per call), interleaving the variants rep by rep so that clock or
-    thermal drift hits all alike. A callable that raises is recorded as an empty list."""
-    flush = flush or L2Flusher()
-    ok: dict[str, Callable] = {}
-    times: dict[str, list[float]] = {name: [] for name in fns}
+def _warm_up(fns: dict[str, Callable[[], object]], warmup: int) -> dict[str, Callable[[], object]]:
+    """Run each variant ``warmup`` times; one that raises is reported and dropped (a peer that cannot run this
+    shape is recorded as missing, not as a crash)."""
+    ok: dict[str, Callable[[], object]] = {}
     for name, fn in fns.items():
         try:
             for _ in range(warmup):
@@ -41,6 +38,16 @@ def time_interleaved(fns: dict[str, Callable[[], object]], reps: int = 50, warmu
         except Exception as exc:  # noqa: BLE001 - a peer that cannot run this shape is reported as missing
             print(f"timing: variant {name} failed: {type(exc).__name__}: {str(exc)[:200]}")
             torch.cuda.synchronize()
+    return ok
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], reps: int = 50, warmup: int = 5,
+                     flush: L2Flusher | None = None, hide_launch_us: float = 200.0) -> dict[str, list[float]]:
+    """Times each callable ``reps`` times (µs per call), interleaving the variants rep by rep so that clock or
+    thermal drift hits all alike. A callable that raises is recorded as an empty list."""
+    flush = flush or L2Flusher()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    ok = _warm_up(fns, warmup)
     events = {name: [] for name in ok}
     spin = int(hide_launch_us * 1e-6 * _clock_hz())
     for _ in range(reps):
@@ -67,16 +74,7 @@ def time_kernels(fns: dict[str, Callable[[], object]], reps: int = 50, warmup: i
     from torch.profiler import ProfilerActivity, profile
 
     flush = flush or L2Flusher()
-    ok: dict[str, Callable] = {}
-    for name, fn in fns.items():
-        try:
-            for _ in range(warmup):
-                fn()
-            torch.cuda.synchronize()
-            ok[name] = fn
-        except Exception as exc:  # noqa: BLE001 - a peer that cannot run this shape is reported as missing
-            print(f"timing: variant {name} failed: {type(exc).__name__}: {str(exc)[:200]}")
-            torch.cuda.synchronize()
+    ok = _warm_up(fns, warmup)
     names = list(ok)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
