@@ -7,15 +7,9 @@ import dataclasses
 
 import pytest
 
-from blockfp8.config import (
-    AuditVerdict,
-    BlockFP8Config,
-    ConfigError,
-    add_cli_arguments,
-    from_cli_args,
-    has_experts,
-    text_model_type,
-)
+from blockfp8.cli.args import add_config_arguments, config_from_args
+from blockfp8.config import AuditVerdict, BlockFP8Config, ConfigError
+from blockfp8.formats.hf_config import block_config, has_experts, text_model_type
 
 DEEPSEEK_QC = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
 
@@ -80,10 +74,10 @@ def test_from_hf_config_uses_the_text_model_type():
     cfg = {"model_type": "qwen3_5_moe", "text_config": {"model_type": "qwen3_5_moe_text", "num_experts": 256},
            "quantization_config": DEEPSEEK_QC}
     assert text_model_type(cfg) == "qwen3_5_moe_text" and has_experts(cfg)
-    assert BlockFP8Config.from_hf_config(cfg).model_type == "qwen3_5_moe_text"
+    assert block_config(cfg).model_type == "qwen3_5_moe_text"
     assert not has_experts({"model_type": "llama"})
     with pytest.raises(ConfigError, match="no quantization_config"):
-        BlockFP8Config.from_hf_config({"model_type": "llama"})
+        block_config({"model_type": "llama"})
 
 
 def test_deep_gemm_knob_moe_falls_back_to_global():
@@ -96,12 +90,12 @@ def test_deep_gemm_knob_moe_falls_back_to_global():
 
 def test_cli_flags_only_override_what_was_given():
     p = argparse.ArgumentParser()
-    add_cli_arguments(p)
+    add_config_arguments(p)
     base = BlockFP8Config(model_type="deepseek_v3", scale_fmt="ue8m0", ignored_layers=("lm_head",))
-    assert from_cli_args(p.parse_args([]), base) == base
+    assert config_from_args(p.parse_args([]), base) == base
     args = p.parse_args(["--use-deep-gemm", "off", "--moe-use-deep-gemm", "on", "--linear-backend", "triton",
                          "--scale-fmt", "float32", "--model-type", "llama"])
-    c = from_cli_args(args, base)
+    c = config_from_args(args, base)
     assert (c.use_deep_gemm, c.moe_use_deep_gemm, c.linear_backend, c.moe_backend, c.scale_fmt, c.model_type,
             c.ignored_layers) == (False, True, "triton", "auto", "float32", "llama", ("lm_head",))
     with pytest.raises(SystemExit):

@@ -1,17 +1,15 @@
 """BlockFP8Config: what a checkpoint and the user ask for, before any backend is chosen.
 
 Built from an HF ``quantization_config`` dict (:meth:`BlockFP8Config.from_hf_quant_config`), from a whole
-``config.json`` (:meth:`BlockFP8Config.from_hf_config`) or from CLI flags (:func:`add_cli_arguments` +
-:func:`from_cli_args`). Fields left at their "decide for me" value (``None`` / ``"auto"``) are resolved by the
+``config.json`` (``formats.hf_config.block_config``) or from CLI flags (``cli.args``). Fields left at their "decide for me" value (``None`` / ``"auto"``) are resolved by the
 policy in ``blockfp8.backends.select``; a field set here is an *explicit* choice and outranks every environment
 variable. Stays free of torch and of the backends, so the CLI and the audit can build it cheaply.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from blockfp8.envs import BACKEND_IDS
@@ -19,8 +17,6 @@ from blockfp8.envs import BACKEND_IDS
 SCALE_FMTS = ("float32", "ue8m0")
 ACTIVATION_SCHEMES = ("dynamic",)
 FP8_FORMATS = ("e4m3",)
-_TRISTATE_FLAG = {"auto": None, "on": True, "off": False}
-MODEL_TYPE_HELP = "HF (text) model type, e.g. qwen3_5_text: what the accuracy guard reads"
 
 
 class ConfigError(ValueError):
@@ -128,30 +124,6 @@ class BlockFP8Config:
         except ConfigError as exc:
             raise ConfigError(f"quantization_config: {exc}") from None
 
-    @classmethod
-    def from_hf_config(cls, config: Mapping[str, Any], **overrides: Any) -> BlockFP8Config:
-        """From a whole ``config.json`` dict: its ``quantization_config`` plus the text model type."""
-        if "quantization_config" not in config:
-            raise ConfigError("config.json has no quantization_config: not an FP8 checkpoint")
-        overrides.setdefault("model_type", text_model_type(config))
-        return cls.from_hf_quant_config(config["quantization_config"], **overrides)
-
-
-def text_model_type(config: Mapping[str, Any]) -> str | None:
-    """The language model's type: ``text_config.model_type`` for multimodal wrappers, else ``model_type``.
-    The accuracy guard is keyed on this (vLLM reads ``hf_text_config.model_type`` too)."""
-    text = config.get("text_config")
-    if isinstance(text, Mapping) and text.get("model_type"):
-        return text["model_type"]
-    return config.get("model_type")
-
-
-def has_experts(config: Mapping[str, Any]) -> bool:
-    """Whether an HF config describes an MoE model (any of the usual expert-count keys, top level or text_config)."""
-    keys = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-    scopes = [config, config.get("text_config") or {}]
-    return any(isinstance(s, Mapping) and (s.get(k) or 0) > 1 for s in scopes for k in keys)
-
 
 def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
     text = str(getattr(value, "value", value)).strip().lower()  # accepts the str-Enums of backends.base too
@@ -166,41 +138,3 @@ def _block_size(value: Any) -> tuple[int, int]:
     if not ok:
         raise ConfigError(f"weight_block_size={value!r} must be two positive integers, e.g. [128, 128]")
     return int(value[0]), int(value[1])
-
-
-# ------------------------------------------------------------------------------------------------ CLI flags
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser, model_type: bool = True) -> None:
-    """The config flags shared by every subcommand that builds layers (explain, eval, bench, ...).
-    ``model_type=False`` leaves ``--model-type`` to the caller (e.g. in a group exclusive with ``--checkpoint``)."""
-    if model_type:
-        parser.add_argument("--model-type", help=MODEL_TYPE_HELP)
-    parser.add_argument("--use-deep-gemm", choices=tuple(_TRISTATE_FLAG), default="auto",
-                        help="DeepGEMM for dense and MoE layers: on forces it (even for a guarded model), off disables "
-                             "it, auto lets the policy decide (default); outranks BLOCKFP8_USE_DEEP_GEMM")
-    parser.add_argument("--moe-use-deep-gemm", choices=tuple(_TRISTATE_FLAG), default="auto",
-                        help="the same for MoE layers only; outranks --use-deep-gemm there")
-    parser.add_argument("--linear-backend", choices=BACKEND_IDS, default="auto", help="backend for dense layers")
-    parser.add_argument("--moe-backend", choices=BACKEND_IDS, default="auto", help="backend for MoE layers")
-    parser.add_argument("--scale-fmt", choices=("auto", *SCALE_FMTS), default="auto",
-                        help="scale format for every kernel; auto = float32 unless the kernel needs UE8M0")
-
-
-def from_cli_args(args: argparse.Namespace, base: BlockFP8Config | None = None) -> BlockFP8Config:
-    """``base`` (e.g. from a checkpoint) with every flag the user actually gave applied on top."""
-    explicit: dict[str, Any] = {}
-    if getattr(args, "model_type", None):
-        explicit["model_type"] = args.model_type
-    for flag in ("use_deep_gemm", "moe_use_deep_gemm"):
-        value = getattr(args, flag, "auto")
-        if value != "auto":
-            explicit[flag] = _TRISTATE_FLAG[value]
-    for flag in ("linear_backend", "moe_backend"):
-        if getattr(args, flag, "auto") != "auto":
-            explicit[flag] = getattr(args, flag)
-    if getattr(args, "scale_fmt", "auto") != "auto":
-        explicit["scale_fmt"] = args.scale_fmt
-    base = base or BlockFP8Config()
-    return replace(base, **explicit)
-

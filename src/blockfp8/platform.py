@@ -124,3 +124,48 @@ def detect(arch: str | None = None) -> Platform:
         triton_version=_version("triton") if libraries["triton"] else None,
         libraries=libraries,
     )
+
+
+def source_commit() -> str:
+    """The git commit of this source tree (``+dirty`` with uncommitted changes), else ``BLOCKFP8_COMMIT`` from
+    the environment (an installed package has no git tree), else "unknown"."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=root, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return (commit + ("+dirty" if dirty else "")) or os.environ.get("BLOCKFP8_COMMIT", "unknown")
+
+
+def run_environment(device: str = "cpu", *, commit: bool = False) -> dict:
+    """The one description of where a result was produced (audit reports, eval reports, benchmark CSVs): package
+    and library versions, the device and GPU name, CPU threads, the UTC date, optionally the source commit."""
+    import datetime
+
+    import torch
+
+    from blockfp8 import __version__
+
+    on_gpu = str(device).startswith("cuda") and torch.cuda.is_available()
+    env = {
+        "blockfp8": __version__,
+        "python": _pyplatform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "",
+        "triton": _version("triton") or "",
+        "transformers": _version("transformers") or "",
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if on_gpu else None,
+        "threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+    }
+    if commit:
+        env["commit"] = source_commit()
+    return env

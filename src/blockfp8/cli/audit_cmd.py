@@ -101,7 +101,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def resolve_device(text: str) -> str:
     import torch
 
-    from blockfp8.cli.main import UsageError
+    from blockfp8.cli.args import UsageError
 
     if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from blockfp8.audit import distributed, emit
     from blockfp8.audit import run as levels
     from blockfp8.audit.verdict import VerdictError
-    from blockfp8.cli.main import UsageError
+    from blockfp8.cli.args import UsageError
     from blockfp8.formats.errors import CheckpointError
     from blockfp8.models import ModelError
 

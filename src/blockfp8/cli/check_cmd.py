@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from blockfp8.audit import report as rep
     from blockfp8.audit import run as levels
     from blockfp8.audit.verdict import VerdictError
+    from blockfp8.cli.args import UsageError
     from blockfp8.cli.audit_cmd import load_model, resolve_device, thresholds_from_args
-    from blockfp8.cli.main import UsageError
     from blockfp8.formats.errors import CheckpointError
     from blockfp8.models import ModelError
 

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
-    from blockfp8.cli.main import UsageError
+    from blockfp8.cli.args import UsageError
     from blockfp8.eval.config import EvalConfigError, load_config
     from blockfp8.eval.data import DataError
 

@@ -12,14 +12,14 @@ DEFAULT_EXPERTS = 8
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from blockfp8.config import MODEL_TYPE_HELP, add_cli_arguments
+    from blockfp8.cli.args import MODEL_TYPE_HELP, add_config_arguments
 
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model-type", help=MODEL_TYPE_HELP)
     source.add_argument("--checkpoint", metavar="PATH",
                         help="checkpoint directory (or its config.json): model type and quantization_config")
     p.add_argument("--arch", help="plan for this SM capability (sm_90, sm_100a, ...); overrides BLOCKFP8_ARCH")
-    add_cli_arguments(p, model_type=False)
+    add_config_arguments(p, model_type=False)
     p.add_argument("--moe", action="store_true",
                    help="the model has MoE layers (implied by a checkpoint with experts): their warnings count too")
     p.add_argument("--n", type=int, help="output features of the layer to plan for (default: hidden size or 7168)")
@@ -37,18 +37,20 @@ def run(args: argparse.Namespace) -> int:
     from blockfp8 import envs, platform
     from blockfp8.backends.base import GemmProblem, ScaleFmt
     from blockfp8.backends.select import BackendUnavailableError, NoBackendError, resolve
-    from blockfp8.cli.main import UsageError
-    from blockfp8.config import BlockFP8Config, ConfigError, from_cli_args, has_experts
+    from blockfp8.cli.args import UsageError, config_from_args
+    from blockfp8.config import BlockFP8Config, ConfigError
+    from blockfp8.formats.errors import CheckpointError
+    from blockfp8.formats.hf_config import block_config, has_experts, read_config_json
 
     envs.validate_all()  # a bad BLOCKFP8_* value is a usage error (exit 2) before anything else
     hf_config: dict = {}
     try:
         base = BlockFP8Config()
         if args.checkpoint:
-            hf_config = _read_hf_config(args.checkpoint)
-            base = BlockFP8Config.from_hf_config(hf_config)
-        config = from_cli_args(args, base)
-    except ConfigError as exc:
+            hf_config = read_config_json(args.checkpoint)
+            base = block_config(hf_config)
+        config = config_from_args(args, base)
+    except (ConfigError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
     if args.audit:
         from dataclasses import replace
@@ -105,26 +107,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_text(report, plat.describe())
     return 1 if failed else 0
-
-
-def _read_hf_config(path_text: str) -> dict:
-    import json
-    from pathlib import Path
-
-    from blockfp8.cli.main import UsageError
-
-    path = Path(path_text)
-    if path.is_dir():
-        path = path / "config.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"--checkpoint: cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise UsageError(f"--checkpoint: {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--checkpoint: {path} does not hold a JSON object")
-    return data
 
 
 def _print_text(report: dict, device: str) -> None:

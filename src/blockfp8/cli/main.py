@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from blockfp8.cli.args import UsageError
+
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "env": ("blockfp8.cli.env_cmd", "versions, GPU and SM capability, optional libraries"),
@@ -22,10 +24,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("blockfp8.cli.bench_cmd", "benchmark GEMM / quant / MoE / model kernels against their peers"),
     "tune": ("blockfp8.cli.tune_cmd", "regenerate the tuned Triton configs and per-shape dispatch table"),
 }
-
-
-class UsageError(Exception):
-    """Bad user input that is not an argparse error; exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

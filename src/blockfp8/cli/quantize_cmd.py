@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from blockfp8.cli.main import UsageError
+    from blockfp8.cli.args import UsageError
     from blockfp8.formats import CheckpointError, quantize_checkpoint
     from blockfp8.nn.quantize import ModelTensorSelector
 

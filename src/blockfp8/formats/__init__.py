@@ -4,12 +4,12 @@ backend (the audit reads checkpoints with it on machines without a GPU)."""
 
 from blockfp8.formats.errors import CheckpointError
 from blockfp8.formats.fp8 import FP8Checkpoint, FP8Weight, iter_fp8_tensors
+from blockfp8.formats.hf_config import read_config_json
 from blockfp8.formats.quant_config import (
     CheckpointQuantConfig,
     fp8_quant_config_dict,
     matches_any,
     parse_quant_config,
-    read_config_json,
     read_quant_config,
 )
 from blockfp8.formats.safetensors_io import SafetensorsCheckpoint, StreamingSafetensorsWriter, read_header

@@ -19,7 +19,6 @@ compressed-tensors (`quant_method: compressed-tensors`, `format: float-quantized
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from blockfp8.formats.errors import CheckpointError
+from blockfp8.formats.hf_config import CONFIG_FILE, read_config_json
 
 QUANT_METHODS = ("fp8", "compressed-tensors")
 SCALE_SUFFIX = {"fp8": "weight_scale_inv", "compressed-tensors": "weight_scale"}
-CONFIG_FILE = "config.json"
 
 
 def matches_any(name: str, patterns: Iterable[str]) -> str | None:
@@ -195,19 +194,6 @@ def parse_quant_config(qc: Any, source: str = "<config>") -> CheckpointQuantConf
         f"field quantization_config.quant_method={method!r} is not supported; valid: {', '.join(QUANT_METHODS)}",
         file=source,
     )
-
-
-def read_config_json(folder: str | Path) -> dict:
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError("config.json not found; a model folder needs one", file=Path(folder))
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"not valid JSON ({exc})", file=path) from None
-    if not isinstance(data, dict):
-        raise CheckpointError("must hold a JSON object", file=path)
-    return data
 
 
 def read_quant_config(folder: str | Path) -> CheckpointQuantConfig | None:

@@ -26,7 +26,8 @@ from typing import Protocol
 import torch
 
 from blockfp8.formats.errors import CheckpointError
-from blockfp8.formats.quant_config import CONFIG_FILE, fp8_quant_config_dict, read_config_json
+from blockfp8.formats.hf_config import CONFIG_FILE, read_config_json
+from blockfp8.formats.quant_config import fp8_quant_config_dict
 from blockfp8.formats.safetensors_io import (
     INDEX_FILE,
     PICKLE_SUFFIXES,

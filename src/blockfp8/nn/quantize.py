@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from blockfp8.config import BlockFP8Config, text_model_type
+from blockfp8.config import BlockFP8Config
 from blockfp8.formats import CheckpointError, FP8Checkpoint, matches_any, read_config_json
+from blockfp8.formats.hf_config import text_model_type
 from blockfp8.log import get_logger
 from blockfp8.nn.linear import BlockFP8Linear, runtime_platform
 from blockfp8.nn.moe import BlockFP8Experts, is_fused_experts

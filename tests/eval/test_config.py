@@ -11,7 +11,7 @@ import yaml
 from blockfp8.cli.main import main
 from blockfp8.eval.config import DEFAULT_TOLERANCE, EvalConfigError, load_config, parse_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("smollm2-*.yaml"))
 
 GOOD = {

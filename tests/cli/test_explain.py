@@ -105,7 +105,7 @@ def test_checkpoint_config_json(tmp_path, monkeypatch, capsys):
     assert out["linear"]["backend"] == "deepgemm" and out["linear"]["requant_weight_ue8m0"] is False
 
 
-@pytest.mark.parametrize("content,message", [(None, "cannot read"), ("{not json", "not valid JSON"),
+@pytest.mark.parametrize("content,message", [(None, "config.json not found"), ("{not json", "not valid JSON"),
                                              ('{"model_type": "llama"}', "no quantization_config"),
                                              (json.dumps({"quantization_config": {**QC, "fmt": "e5m2"}}), "fmt")])
 def test_bad_checkpoint_is_a_usage_error(content, message, tmp_path, capsys):

@@ -12,7 +12,7 @@ import pytest
 
 from blockfp8.eval.config import load_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 CONFIGS = [
     pytest.param("smollm2-lambada-ci.yaml", "cpu", marks=pytest.mark.slow, id="smollm2-lambada-ci"),

@@ -1,0 +1,95 @@
+"""The one reader of a model's ``config.json`` (transformers' format), and the facts read from it.
+
+Everything that needs the model type (the accuracy guard is keyed on it), whether the model has experts, or the
+whole dict goes through here, so that a multimodal wrapper's ``text_config`` and the many spellings of the expert
+count are handled the same way by the policy, the audit, the loader and the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from blockfp8.config import BlockFP8Config, ConfigError
+from blockfp8.formats.errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few KB; refuse to parse anything absurd
+# How transformers' model families spell the routed-expert count (Qwen-MoE, Mixtral, DeepSeek, others).
+EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+
+
+def config_path(path: str | Path) -> Path:
+    """``path`` itself when it names a file, else ``path/config.json``."""
+    path = Path(path)
+    return path / CONFIG_FILE if path.is_dir() else path
+
+
+def read_config_json(path: str | Path) -> dict:
+    """The JSON object in a model folder's ``config.json`` (or in ``path`` when it is the file itself).
+    Raises :class:`CheckpointError` naming the file when it is missing, too large, not JSON or not an object."""
+    file = config_path(path)
+    if not file.is_file():
+        raise CheckpointError("config.json not found; a model folder needs one", file=Path(path))
+    try:
+        if file.stat().st_size > MAX_CONFIG_BYTES:
+            raise CheckpointError(f"larger than {MAX_CONFIG_BYTES // 2**20} MiB: not a model config", file=file)
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"cannot read it ({exc.strerror or exc})", file=file) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"not valid JSON ({exc})", file=file) from None
+    if not isinstance(data, dict):
+        raise CheckpointError("must hold a JSON object", file=file)
+    return data
+
+
+def _field(config: Any, key: str) -> Any:
+    """``config[key]`` for a dict, ``config.key`` for a transformers ``PretrainedConfig``."""
+    if isinstance(config, Mapping):
+        return config.get(key)
+    return getattr(config, key, None)
+
+
+def text_model_type(config: Any) -> str | None:
+    """The language model's type: ``text_config.model_type`` for multimodal wrappers, else ``model_type``.
+    Takes a ``config.json`` dict or a transformers config object (``model.config``). The accuracy guard is keyed
+    on this (vLLM reads ``hf_text_config.model_type`` too)."""
+    text = _field(config, "text_config")
+    inner = _field(text, "model_type") if text is not None else None
+    outer = _field(config, "model_type")
+    value = inner or outer
+    return str(value) if value else None
+
+
+def folder_model_type(folder: str | Path) -> str | None:
+    """The text model type of a model folder, or None when it has no readable ``config.json`` (a bare
+    safetensors file or folder is still auditable; the model type is then simply unknown)."""
+    try:
+        return text_model_type(read_config_json(folder))
+    except CheckpointError:
+        return None
+
+
+def num_experts(config: Any) -> int:
+    """The routed-expert count (0 for a dense model), from any of :data:`EXPERT_COUNT_KEYS`, at the top level or
+    in ``text_config``."""
+    scopes = [config, _field(config, "text_config")]
+    counts = [_field(s, k) for s in scopes if s is not None for k in EXPERT_COUNT_KEYS]
+    return max((int(c) for c in counts if isinstance(c, int) and not isinstance(c, bool)), default=0)
+
+
+def has_experts(config: Any) -> bool:
+    """Whether the config describes an MoE model (more than one routed expert)."""
+    return num_experts(config) > 1
+
+
+def block_config(config: Mapping[str, Any], **overrides: Any) -> BlockFP8Config:
+    """A :class:`BlockFP8Config` from a whole ``config.json`` dict: its ``quantization_config`` plus the text
+    model type (``overrides`` win)."""
+    if "quantization_config" not in config:
+        raise ConfigError("config.json has no quantization_config: not an FP8 checkpoint")
+    overrides.setdefault("model_type", text_model_type(config))
+    return BlockFP8Config.from_hf_quant_config(config["quantization_config"], **overrides)
