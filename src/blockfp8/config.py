@@ -1,9 +1,10 @@
 """BlockFP8Config: what a checkpoint and the user ask for, before any backend is chosen.
 
 Built from an HF ``quantization_config`` dict (:meth:`BlockFP8Config.from_hf_quant_config`), from a whole
-``config.json`` (``formats.hf_config.block_config``) or from CLI flags (``cli.args``). Fields left at their "decide for me" value (``None`` / ``"auto"``) are resolved by the
-policy in ``blockfp8.backends.select``; a field set here is an *explicit* choice and outranks every environment
-variable. Stays free of torch and of the backends, so the CLI and the audit can build it cheaply.
+``config.json`` (``formats.hf_config.block_config``) or from CLI flags (``cli.args``). Fields left at their
+"decide for me" value (``None`` / ``"auto"``) are resolved by the policy in ``blockfp8.backends.select``; a field
+set here is an *explicit* choice and outranks every environment variable.
+Stays free of torch and of the backends, so the CLI and the audit can build it cheaply.
 """
 
 from __future__ import annotations
