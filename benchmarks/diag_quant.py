@@ -3,7 +3,7 @@ multiplication by the reciprocal, so quant.reference on CUDA tensors is not corr
 quantizer (div_rn) matches the CPU reference bit for bit. Run on a GPU machine: python3 benchmarks/diag_quant.py"""
 import torch
 
-from blockfp8.backends import triton_quant
+from blockfp8.kernels.triton import act_quant as triton_quant
 from blockfp8.quant import reference as R
 
 torch.manual_seed(0)

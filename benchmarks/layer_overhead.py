@@ -51,7 +51,8 @@ def main() -> int:
     rows = {"layer.forward": per_call_us(lambda: layer(x), args.calls),
             "backend quantize_act+gemm": per_call_us(direct, args.calls)}
     if str(backend_id) == "triton":
-        from blockfp8.backends import triton_gemm, triton_quant
+        from blockfp8.kernels.triton import act_quant as triton_quant
+        from blockfp8.kernels.triton import gemm as triton_gemm
 
         q, s = triton_quant.quantize_act(x, 128, "float32", "row_major")
         rows["triton_quant.quantize_act"] = per_call_us(lambda: triton_quant.quantize_act(x, 128, "float32",

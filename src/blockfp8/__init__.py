@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 # Public name -> module that defines it; resolved on first access (PEP 562).
 _LAZY = {
     "quant": "blockfp8.quant",
-    # layers and models (issue 4)
+    # layers and models
     "BlockFP8Linear": "blockfp8.nn",
     "BlockFP8MoE": "blockfp8.nn",
     "quantize_model": "blockfp8.nn",

@@ -77,14 +77,26 @@ def smollm2_gguf_path() -> Path:
     return embedded_model_path("smollm2")
 
 
+def model_dtype(name: str, device: str):
+    """The torch dtype called ``name``; ``auto`` is bfloat16 on a CUDA device and float32 on the CPU."""
+    import torch
+
+    if name == "auto":
+        name = "bfloat16" if device.startswith("cuda") else "float32"
+    return getattr(torch, name)
+
+
 def load_causal_lm(name_or_path: str, dtype=None, device: str = "cpu"):
-    """Load (model, tokenizer) for an embedded model name or a transformers model folder, offline."""
+    """Load (model, tokenizer) for an embedded model name or a transformers model folder, offline. ``dtype`` is a
+    torch dtype, a name for :func:`model_dtype` (``auto``, ``float32``, ``bfloat16``) or None (float32)."""
     import torch
 
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
         raise ModelError("loading a model needs transformers: pip install 'blockfp8[hf]'") from exc
+    if isinstance(dtype, str):
+        dtype = model_dtype(dtype, device)
     dtype = dtype or torch.float32
     if name_or_path in EMBEDDED:
         path = embedded_model_path(name_or_path)

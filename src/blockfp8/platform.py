@@ -169,3 +169,21 @@ def run_environment(device: str = "cpu", *, commit: bool = False) -> dict:
     if commit:
         env["commit"] = source_commit()
     return env
+
+
+class DeviceError(ValueError):
+    """A device string that is not valid here; the message names the flag and the value."""
+
+
+def resolve_device(text: str | None, flag: str = "--device") -> str:
+    """``auto`` (or None) -> ``cuda`` when a GPU is there, else ``cpu``; ``cpu``, ``cuda`` and ``cuda:N`` as given.
+    Anything else, or a CUDA device without a GPU, raises :class:`DeviceError` naming ``flag`` and the value."""
+    import torch
+
+    if text in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text != "cpu" and text != "cuda" and not (text.startswith("cuda:") and text[5:].isdigit()):
+        raise DeviceError(f"{flag} {text!r}: expected auto, cpu, cuda or cuda:N")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"{flag} {text}: no CUDA GPU is available")
+    return text

@@ -118,16 +118,7 @@ def test_audit_model_report(tiny_llama, monkeypatch):
             return {"input_ids": [ord(c) % 96 for c in s]}
 
     report = levels.audit_model(tiny_llama, Tok(), "tiny", calib=2, seq_len=16, eval_windows=3, n_boot=100)
-    assert report["level"] == "calibrated+e2e" and report["model_type"] == "llama"
-    assert report["calibration"]["source"] == text.SOURCE and report["calibration"]["tokens"] == 32
-    assert report["e2e"]["windows"] == 3 and report["summary"]["verdict"] in ("safe", "unsafe")
-    assert {"calibrated_s", "e2e_s"} <= set(report["run"])
-
-
-def test_gemm_anchor_reproduces_the_reference_measurement():
-    from blockfp8.audit.synthetic import gemm_anchor
-
-    a = gemm_anchor(m=512, k=1024, n=512)
-    # REFERENCE.md (H100, 2048x7168 activations): 5.08 vs 4.74 bits with an outlier column, almost nothing without
-    assert a["outlier_column_x30"]["bits_lost"] > 0.25 > 0.1 > a["gaussian"]["bits_lost"]
-    assert a["outlier_column_x30"]["bits_fp32"] == pytest.approx(5.08, abs=0.15)
+    assert report.level == "calibrated+e2e" and report.model_type == "llama"
+    assert report.calibration["source"] == text.SOURCE and report.calibration["tokens"] == 32
+    assert report.e2e["windows"] == 3 and report.summary.verdict in ("safe", "unsafe")
+    assert {"calibrated_s", "e2e_s"} <= set(report.run)

@@ -9,7 +9,7 @@ import pytest
 
 from blockfp8.audit.distributed import assign
 from blockfp8.audit.report import comparable
-from blockfp8.audit.synthetic import synthetic_weight, write_fp8_checkpoint
+from blockfp8.testing.synthetic import synthetic_weight, write_fp8_checkpoint
 
 
 def test_assign_balances_by_size_and_is_deterministic():

@@ -1,10 +1,9 @@
 import json
 
-import pytest
 import torch
 
+from blockfp8 import atomic
 from blockfp8.audit import weights
-from blockfp8.cli.main import main
 
 
 def test_power_of_two_scales_lose_nothing():
@@ -28,28 +27,13 @@ def test_summary_and_json_finite(tmp_path):
     rows = [weights.audit_weight(f"l{i}", torch.randn(130, 200)) for i in range(3)]
     s = weights.summarize(rows)
     assert s["layers"] == 3 and s["max_bits_lost"] >= s["mean_bits_lost"]
-    from blockfp8.audit.report import write_json_atomic
-
-    out = write_json_atomic(tmp_path / "r.json", {"layers": [r.as_dict() for r in rows], "summary": s})
+    out = atomic.write_json(tmp_path / "r.json", {"layers": [r.as_dict() for r in rows], "summary": s})
     assert json.loads(out.read_text())["summary"]["layers"] == 3
 
 
-def test_json_writer_refuses_nan_and_leaves_nothing(tmp_path):
-    from blockfp8.audit.report import write_json_atomic
-
-    with pytest.raises(ValueError):
-        write_json_atomic(tmp_path / "r.json", {"x": float("nan")})
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.slow
-def test_weights_only_audit_on_smollm2(tmp_path, capsys):
-    out = tmp_path / "audit.json"
-    assert main(["audit", "--model", "smollm2", "--weights-only", "--json", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "model.layers.29.mlp.down_proj" in text and "summary:" in text
-    report = json.loads(out.read_text())
-    assert len(report["layers"]) == 210
-    row = report["layers"][0]
-    assert row["shape"] == [576, 576] and 4.5 < row["bits_fp32"] < 6.0 and 1.0 <= row["scale_inflation_mean"] < 2.0
-    assert report["summary"]["mean_bits_fp32"] >= report["summary"]["mean_bits_ue8m0"]
+def test_linear_weights_skip_the_unquantized_linears():
+    model = torch.nn.ModuleDict({"proj": torch.nn.Linear(4, 4), "lm_head": torch.nn.Linear(4, 8),
+                                 "embed_tokens": torch.nn.Embedding(8, 4)})
+    assert weights.UNQUANTIZED_LINEARS == ("lm_head",)
+    assert [n for n, _ in weights.linear_weights(model)] == ["proj"]
+    assert [n for n, _ in weights.linear_modules(model, skip=())] == ["proj", "lm_head"]

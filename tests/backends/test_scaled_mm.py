@@ -10,16 +10,16 @@ from blockfp8.quant import reference as R
 from blockfp8.testing.tolerances import gemm_atol
 
 
-def _decision(fmt="float32"):
+def _decision(fmt="float32", fused=False):
     return Decision(kind="linear", backend=BackendId.SCALED_MM, weight_scale_fmt=ScaleFmt(fmt),
                     act_scale_fmt=ScaleFmt(fmt), act_scale_layout=ScaleLayout.MN_MAJOR,
                     weight_scale_layout=ScaleLayout.ROW_MAJOR, requant_weight_ue8m0=False, use_deep_gemm=False,
-                    source="config", arch="sm_90")
+                    source="config", arch="sm_90", fused_act_quant=fused)
 
 
 @pytest.mark.parametrize("m", [1, 3, 13, 67])
 def test_quantize_act_leaves_padded_rows_in_storage(m):
-    from blockfp8.backends.scaled_mm import _rows_view
+    from blockfp8.kernels.scaled_mm import _rows_view
 
     backend = get_backend("scaled_mm")
     x = torch.randn(m, 384)
@@ -40,7 +40,7 @@ def test_scaled_mm_backend_gemm_matches_reference(m):
     backend = get_backend("scaled_mm")
     n, k = 576, 7168
     w_q, w_s = R.quantize_weight(torch.randn(n, k), (128, 128))
-    dec = _decision()
+    dec = _decision(fused=True)
     prepared = backend.prepare_weight(w_q.cuda(), w_s.cuda(), dec, (128, 128))
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     x_q, x_s = backend.quantize_act(x, dec, 128)

@@ -1,4 +1,5 @@
-"""One regression test per defect the vLLM review left open (REFERENCE.md §1), each named after it."""
+"""One regression test per defect that serving engines' UE8M0 guard has shipped with (vLLM's model-type list and its
+review), each under a header saying what must hold instead."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def warnings_logged(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name.startswith("blockfp8") and r.levelno == logging.WARNING]
 
 
-# --- defect 1 ---------------------------------------------------------------------------------------------------
+# --- the environment can force DeepGEMM back on for a guarded model --------------------------------------------------
 
 
 @pytest.mark.parametrize("kind,problem,env", [("linear", DENSE, "BLOCKFP8_USE_DEEP_GEMM"),
@@ -62,7 +63,7 @@ def test_defect1_config_true_also_forces_and_beats_env_0(monkeypatch):
     assert any("forced on" in w for w in decision.warnings)
 
 
-# --- defect 2 ---------------------------------------------------------------------------------------------------
+# --- no "auto-disabled" warning where DeepGEMM was never available ---------------------------------------------------
 
 
 @pytest.mark.parametrize("kind,problem", [("linear", DENSE), ("moe", MOE)])
@@ -90,7 +91,7 @@ def test_defect2_no_guard_message_when_deep_gemm_is_unusable(monkeypatch):
     assert "deepgemm: skipped: needs SM90 or SM100/SM103, this is sm_120" in decision.reasons
 
 
-# --- defect 3 ---------------------------------------------------------------------------------------------------
+# --- MoE layers follow the same decision as dense layers (and warmup never touches a kernel that is off) -------------
 
 
 def test_defect3_moe_layers_follow_the_guard_and_the_global_off_switch(monkeypatch):
@@ -140,7 +141,7 @@ def test_defect3_moe_needs_the_grouped_kernel(monkeypatch):
     assert any("m_grouped_fp8_gemm_nt_contiguous" in r for r in moe.reasons)
 
 
-# --- defect 4 ---------------------------------------------------------------------------------------------------
+# --- each consumer gets the scale format and layout its own kernel takes ---------------------------------------------
 
 
 def test_defect4_each_consumer_gets_the_scale_format_its_kernel_needs(monkeypatch):
@@ -184,7 +185,7 @@ def test_defect4_candidates_share_the_scale_format_and_get_their_own_layout(monk
         select.for_candidate(blackwell, "triton", plat)
 
 
-# --- defect 5 ---------------------------------------------------------------------------------------------------
+# --- a measured verdict, not only a hand-kept model-type list, keeps DeepGEMM off ------------------------------------
 
 
 def test_defect5_a_measured_audit_verdict_guards_a_model_nobody_listed(monkeypatch):

@@ -11,6 +11,7 @@ from blockfp8.backends import select
 from blockfp8.backends.base import BackendId, Decision, GemmProblem, ScaleFmt, ScaleLayout
 from blockfp8.config import BlockFP8Config
 from blockfp8.envs import EnvError
+from blockfp8.quant import layouts
 from tests import fake_deep_gemm
 
 DENSE = GemmProblem(n=7168, k=7168)
@@ -236,7 +237,7 @@ def test_activation_scales_come_in_the_decision_format_and_layout(arch, backend,
     want_q, want_scale = ref.quantize_act(x, 128, str(decision.act_scale_fmt))
     assert torch.equal(x_q.view(torch.uint8), want_q.view(torch.uint8))
     if decision.act_scale_layout is ScaleLayout.PACKED_UE8M0:
-        assert scale.dtype == torch.int32 and torch.equal(ref.unpack_ue8m0(scale, 4), want_scale)
+        assert scale.dtype == torch.int32 and torch.equal(layouts.unpack_ue8m0(scale, 4), want_scale)
     else:
         assert decision.act_scale_layout is ScaleLayout.MN_MAJOR
         assert scale.stride() == (1, 4) and torch.equal(scale, want_scale)  # M=3 padded to 4: TMA-aligned
@@ -252,7 +253,7 @@ def test_deep_gemm_sm100_weight_scales_are_requantized_and_packed(with_deep_gemm
     prepared = select.get_backend("deepgemm").prepare_weight(w_q, w_s, decision, (128, 128))
     want_q, want_s = ref.requant_to_ue8m0(w_q, w_s)
     assert torch.equal(prepared.weight.view(torch.uint8), want_q.view(torch.uint8))
-    assert torch.equal(ref.unpack_ue8m0(prepared.scale, 4), want_s.repeat_interleave(128, 0))
+    assert torch.equal(layouts.unpack_ue8m0(prepared.scale, 4), want_s.repeat_interleave(128, 0))
     assert prepared.checkpoint_weight is w_q and torch.equal(prepared.checkpoint_scale, w_s)  # kept for another backend
 
 

@@ -1,6 +1,7 @@
-"""The precedence matrix of issue 3, cell by cell, against an oracle written from the precedence table (not from the
-code): arch x DeepGEMM present/absent x guarded/unguarded model x BLOCKFP8_USE_DEEP_GEMM unset/0/1 x
-config.use_deep_gemm None/True/False x dense/MoE. On CPU: the arch is simulated, DeepGEMM is a fake module."""
+"""The precedence matrix of the selection policy (docs/policy.md), cell by cell, against an oracle written from the
+precedence table (not from the code): arch x DeepGEMM present/absent x guarded/unguarded model x
+BLOCKFP8_USE_DEEP_GEMM unset/0/1 x config.use_deep_gemm None/True/False x dense/MoE. On CPU: the arch is simulated,
+DeepGEMM is a fake module."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests import fake_deep_gemm
 
 ARCHS = (None, "sm_89", "sm_90", "sm_100", "sm_120")  # None: this CPU, no GPU simulated
 GUARDED, UNGUARDED = "qwen3_5_text", "llama"
-# What the default order gives once DeepGEMM is out of the picture, per arch (issue 3, "default order").
+# What the default order gives once DeepGEMM is out of the picture, per arch (docs/policy.md, "default order").
 FALLBACK = {None: "reference", "sm_89": "triton", "sm_90": "scaled_mm", "sm_100": "triton", "sm_120": "triton"}
 # MoE: after DeepGEMM a backend with a grouped kernel comes first, so Hopper's MoE fallback is Triton's fused MoE.
 FALLBACK_MOE = {**FALLBACK, "sm_90": "triton"}

@@ -1,10 +1,8 @@
 """Benchmark plumbing on CPU: shapes, CSV rows, summaries, the dispatch table, the CLI without a GPU."""
 
-import json
 
 import pytest
 
-from blockfp8.backends import dispatch
 from blockfp8.bench import gemm, results, shapes
 
 
@@ -39,39 +37,17 @@ def test_rows_summary_and_csv_round_trip(tmp_path):
     assert "speedup_vs_scaled_mm" in results.table(rows, gemm.TABLE_COLS).splitlines()[0]
 
 
+def test_environment_fills_the_machine_columns(tmp_path):
+    env = results.environment()
+    assert list(env) == ["gpu", "torch", "cuda", "triton", "date", "commit"]
+    assert set(env) <= set(results.FIELDS) and env["gpu"] and env["commit"]
+    assert len(env["date"]) == len("2026-01-01T00:00:00Z") and env["date"].endswith("Z")
+    results.append_csv(tmp_path / "x.csv", [{"bench": "b", **env}])
+    assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]  # no temporary file left beside it
+
+
 def test_geomean_ignores_missing():
     assert results.geomean([2.0, 8.0, float("nan")]) == pytest.approx(4.0)
-
-
-def test_dispatch_picks_only_among_candidates(tmp_path):
-    table = {"GPU": {"2112,7168": {"1": {"backend": "triton"}, "4096": {"backend": "scaled_mm"}}}}
-    assert dispatch.pick(1, 2112, 7168, ("scaled_mm", "triton"), gpu="GPU", table=table) == "triton"
-    assert dispatch.pick(3, 2112, 7168, ("scaled_mm", "triton"), gpu="GPU", table=table) == "triton"  # bucket 16 -> 1
-    assert dispatch.pick(8192, 2112, 7168, ("scaled_mm", "triton"), gpu="GPU", table=table) == "scaled_mm"
-    # the table's choice is not allowed by the decision: the policy's first candidate
-    assert dispatch.pick(1, 2112, 7168, ("deepgemm", "scaled_mm"), gpu="GPU", table=table) == "deepgemm"
-    # unknown shape or GPU: the policy's first candidate
-    assert dispatch.pick(1, 7, 7, ("scaled_mm", "triton"), gpu="GPU", table=table) == "scaled_mm"
-    assert dispatch.pick(1, 2112, 7168, ("triton",), gpu="other", table=table) == "triton"
-    with pytest.raises(ValueError, match="no candidate"):
-        dispatch.pick(1, 2112, 7168, (), gpu="GPU", table=table)
-    path = tmp_path / "d.json"
-    dispatch.merge_write(path, "GPU", {"576,7168": {"1": {"backend": "triton"}}})
-    dispatch.merge_write(path, "GPU", {"576,7168": {"16": {"backend": "scaled_mm"}}})
-    assert set(json.loads(path.read_text())["GPU"]["576,7168"]) == {"1", "16"}
-
-
-def test_shipped_tables_are_consistent():
-    from blockfp8.backends import triton_gemm
-
-    gemm_table = triton_gemm.load_tuned()
-    disp = dispatch.load_table()
-    for gpu, per in disp.items():
-        for nk, buckets in per.items():
-            for b, entry in buckets.items():
-                assert entry["backend"] in ("triton", "scaled_mm", "deepgemm"), (gpu, nk, b)
-                if entry["backend"] == "triton":
-                    assert b in gemm_table[gpu][nk], f"dispatch picks triton without a tuned config: {gpu} {nk} {b}"
 
 
 def test_candidate_configs_cover_both_regimes():

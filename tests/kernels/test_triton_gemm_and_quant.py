@@ -9,12 +9,14 @@ import torch
 if not torch.cuda.is_available():  # the interpreter is chosen process-wide, before Triton builds anything
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from blockfp8.quant import layouts
 from blockfp8.quant import reference as R
 from blockfp8.testing.tolerances import gemm_atol
 
 triton = pytest.importorskip("triton")
 
-from blockfp8.backends import triton_gemm, triton_quant  # noqa: E402
+from blockfp8.kernels.triton import act_quant as triton_quant  # noqa: E402
+from blockfp8.kernels.triton import gemm as triton_gemm  # noqa: E402
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 RAGGED_M = (1, 3, 13, 67, 199)
@@ -76,7 +78,7 @@ def test_quantize_act_layouts(device, layout, fmt, m):
     assert torch.count_nonzero(q[m:].float()) == 0, "padding rows must be zero"
     if layout == "packed_ue8m0":
         assert s.dtype == torch.int32 and s.shape[1] == 3
-        assert torch.equal(s[:m].cpu(), R.pack_ue8m0(sr)), f"packed words differ from pack_ue8m0 (M={m})"
+        assert torch.equal(s[:m].cpu(), layouts.pack_ue8m0(sr)), f"packed words differ from pack_ue8m0 (M={m})"
     else:
         assert _same_scale(s[:m].cpu(), sr)
 
@@ -182,15 +184,10 @@ def test_gemm_rejects_bad_input():
         triton_gemm.fp8_block_gemm(x_q, x_s, w_q, w_s, out_dtype=torch.int32)
 
 
-def test_config_lookup_and_default():
-    table = {"cpu": {"576,7168": {"1": {"kernel": "ptr", "BLOCK_M": 16, "SPLIT_K": 8}}}}
-    cfg, src = triton_gemm.get_config(1, 576, 7168, "cpu", table)
-    assert src == "tuned" and cfg["SPLIT_K"] == 8
-    cfg, src = triton_gemm.get_config(3, 576, 7168, "cpu", table)  # bucket 16 missing -> nearest below
-    assert src == "tuned" and cfg["BLOCK_M"] == 16
-    cfg, src = triton_gemm.get_config(64, 7168, 16384, "cpu", {})
-    assert src == "default" and cfg["SPLIT_K"] > 1, "small M on a big weight must split K to fill the SMs"
-    assert triton_gemm.get_config(4096, 7168, 16384, "cpu", {})[0]["SPLIT_K"] == 1
+def test_default_config_splits_k_for_small_m():
+    cfg = triton_gemm.default_config(64, 7168, 16384)
+    assert cfg["SPLIT_K"] > 1, "small M on a big weight must split K to fill the SMs"
+    assert triton_gemm.default_config(4096, 7168, 16384)["SPLIT_K"] == 1
 
 
 @pytest.mark.gpu
@@ -200,7 +197,11 @@ def test_gemm_deepseek_shapes_default_and_tuned(m, nk):
     n, k = nk
     x_q, x_s, w_q, w_s = _gemm_case(m, n, k, "float32", "cuda", seed=m)
     ref = R.gemm_reference(x_q, x_s, w_q, w_s, (128, 128), torch.float32)
-    for cfg in (triton_gemm.get_config(m, n, k)[0], triton_gemm.default_config(m, n, k)):
+    from blockfp8.backends import tuned
+    from blockfp8.platform import detect
+
+    configs = tuned.triton_configs(tuned.platform_keys(detect()), n, k)
+    for cfg in (configs.get(tuned.m_bucket(m)), triton_gemm.default_config(m, n, k)):
         out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
         triton_gemm.fp8_block_gemm(x_q, x_s, w_q, w_s, out=out, config=cfg)
         diff = (out.float() - ref).abs().max().item()
@@ -224,10 +225,10 @@ def test_quantize_act_large_bitwise_gpu():
 def test_act_quant_facade_paths_agree(device, layout, fmt):
     """act_quant (what scaled_mm / deepgemm call) gives the same bits on its reference and Triton paths."""
     _skip_cpu_on_gpu_box(device)
-    from blockfp8.backends import act_quant
+    from blockfp8.kernels import act_quant
 
     x = _activation(5, 300, device, seed=11, nan_row=False)
-    q_ref, s_ref = act_quant._reference_path(x.cpu(), 128, fmt, layout, 4, torch.float8_e4m3fn)  # CPU bits
+    q_ref, s_ref = act_quant.quantize_act(x.cpu(), 128, fmt, layout, pad_m=4, fused=False)  # CPU bits
     q, s = triton_quant.quantize_act(x, 128, fmt, layout, pad_m=4)
     assert q.shape == q_ref.shape == (8, 300) and s.shape == s_ref.shape and s.stride() == s_ref.stride()
     assert _same_fp8(q.cpu(), q_ref.cpu())

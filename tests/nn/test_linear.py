@@ -244,7 +244,7 @@ FAKE_GPU = "NVIDIA H100 80GB HBM3"
 def fake_h100(monkeypatch):
     """An H100 platform whose deepgemm is missing and whose scaled_mm / triton are fakes; a tuned table that
     picks triton up to M=64 and scaled_mm above, for N=256, K=384."""
-    from blockfp8.backends import dispatch
+    from blockfp8.backends import tuned
 
     calls = []
     fakes = {BackendId.DEEPGEMM: _FakeBackend("deepgemm", calls, supported=False),
@@ -254,7 +254,7 @@ def fake_h100(monkeypatch):
     table = {FAKE_GPU.replace(" ", "_"): {"256,384": {"1": {"backend": "triton"}, "64": {"backend": "triton"},
                                                       "128": {"backend": "scaled_mm"},
                                                       "4096": {"backend": "deepgemm"}}}}
-    monkeypatch.setattr(dispatch, "load_table", lambda path=None: table)
+    monkeypatch.setattr(tuned, "load", lambda file, path=None: table if file == tuned.DISPATCH_FILE else {})
     plat = dataclasses.replace(detect("sm_90"), gpu_name=FAKE_GPU, simulated=False)
     return plat, calls
 

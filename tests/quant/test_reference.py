@@ -8,6 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from blockfp8.quant import layouts
 from blockfp8.quant import reference as ref
 from blockfp8.testing import tolerances as tol
 from tests.strategies import block_sizes, dims, distributions, make_tensor, seeds
@@ -106,16 +107,16 @@ def test_pack_unpack_roundtrip_and_layout(mn, g, experts, seed):
     shape = (experts, mn, g) if experts else (mn, g)
     exps = torch.randint(1, 255, shape, generator=gen, dtype=torch.int32)
     s = (exps << 23).view(torch.float32)
-    packed = ref.pack_ue8m0(s)
+    packed = layouts.pack_ue8m0(s)
     words = math.ceil(g / 4)
     assert packed.dtype == torch.int32 and packed.shape == (*shape[:-1], words)
-    assert packed.stride()[-2:] == (1, ref.tma_aligned(mn))
-    assert torch.equal(ref.unpack_ue8m0(packed, g), s)
+    assert packed.stride()[-2:] == (1, layouts.tma_aligned(mn))
+    assert torch.equal(layouts.unpack_ue8m0(packed, g), s)
 
 
 def test_pack_byte_order_little_endian_along_k():
     s = torch.tensor([[1.0, 2.0, 0.5, 4.0, 8.0]])  # exponent bytes 127, 128, 126, 129 | 130
-    packed = ref.pack_ue8m0(s)
+    packed = layouts.pack_ue8m0(s)
     word0 = 127 | (128 << 8) | (126 << 16) | (129 << 24)
     assert int(packed[0, 0]) == word0 - 2**32  # reinterpreted as signed int32
     assert int(packed[0, 1]) == 130  # missing groups pad with zero bytes
@@ -123,7 +124,7 @@ def test_pack_byte_order_little_endian_along_k():
 
 def test_pack_rejects_non_power_of_two():
     with pytest.raises(ref.QuantError, match="powers of two"):
-        ref.pack_ue8m0(torch.tensor([[1.5]]))
+        layouts.pack_ue8m0(torch.tensor([[1.5]]))
 
 
 def test_e8m0_bytes_read_into_float32():
@@ -221,8 +222,8 @@ def test_gemm_reference_bias_and_out_dtype():
         (lambda: ref.dequantize_weight(torch.randn(4, 4), torch.ones(1, 1)), "expected an FP8 tensor"),
         (lambda: ref.dequantize_act(torch.zeros(2, 256, dtype=torch.float8_e4m3fn), torch.ones(2, 3)),
          r"expected \(2, 2\)"),
-        (lambda: ref.unpack_ue8m0(torch.zeros(3, 1, dtype=torch.int32), 9), "cannot hold k_groups=9"),
-        (lambda: ref.unpack_ue8m0(torch.zeros(3, 1, dtype=torch.int64), 4), "int32"),
+        (lambda: layouts.unpack_ue8m0(torch.zeros(3, 1, dtype=torch.int32), 9), "cannot hold k_groups=9"),
+        (lambda: layouts.unpack_ue8m0(torch.zeros(3, 1, dtype=torch.int64), 4), "int32"),
         (lambda: ref.e8m0_to_float32(torch.ones(3)), "float8_e8m0fnu or uint8"),
     ],
 )

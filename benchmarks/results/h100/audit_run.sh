@@ -16,7 +16,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 [ -f .carry-eval1/smol.part00 ] && cp .carry-eval1/smol.part00 .carry-eval1/gguf-0.19.0-py3-none-any.whl /tmp/
 case $1 in
   speed)
-    python3 -m blockfp8.audit.synthetic /tmp/ck_ds --shapes 7168x7168,2048x7168,7168x2048,18432x7168,7168x18432
+    python3 -m blockfp8.testing.synthetic /tmp/ck_ds --shapes 7168x7168,2048x7168,7168x2048,18432x7168,7168x18432
     for dev in cpu cuda; do
       python3 -m blockfp8 audit /tmp/ck_ds --device $dev --measure-read --no-progress \
         --json "$OUT/audit_speed_$dev.json" | tail -6

@@ -1,7 +1,8 @@
 """Calibrated level: each linear layer's GEMM output error with float32 vs UE8M0 scales, on real activations.
 
 The model runs on calibration text; a forward hook on every ``nn.Linear`` (``lm_head`` excluded: block-FP8
-checkpoints leave it unquantized) takes the layer's input ``x`` and computes, in float32 on the model's device:
+checkpoints leave it unquantized, ``weights.UNQUANTIZED_LINEARS``) takes the layer's input ``x`` and computes, in
+float32 on the model's device:
 
 * ``y = x @ W.T``, the unquantized product (bias left out: it is added unquantized on every path);
 * ``y_f = gemm_reference(quantize_act(x, f), quantize_weight(W, f))`` for ``f`` in float32 and UE8M0 scales,
@@ -25,14 +26,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from blockfp8.audit.checkpoint import inflation_histogram
-from blockfp8.audit.weights import bits_from_power
+from blockfp8.audit.measures import bits_from_power, inflation_histogram
+from blockfp8.audit.weights import UNQUANTIZED_LINEARS, linear_modules
 from blockfp8.quant import reference as ref
 
 OUTLIER_FACTOR = 8.0
-DEFAULT_SKIP = ("lm_head",)
-
-
 
 
 @dataclass(frozen=True)
@@ -150,12 +148,6 @@ class _Layer:
         )
 
 
-def linear_modules(model: torch.nn.Module, skip: Sequence[str] = DEFAULT_SKIP) -> list[tuple[str, torch.nn.Linear]]:
-    """Every ``nn.Linear`` of a model in module order, except names containing a ``skip`` entry."""
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and not any(s in n for s in skip)]
-
-
 def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer body of an HF causal LM (no lm_head: its logits are not needed for calibration)."""
     prefix = getattr(model, "base_model_prefix", None)
@@ -170,7 +162,7 @@ def audit_calibrated(
     block: Sequence[int] = (128, 128),
     *,
     batch_size: int = 8,
-    skip: Sequence[str] = DEFAULT_SKIP,
+    skip: Sequence[str] = UNQUANTIZED_LINEARS,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> tuple[list[CalibratedRow], dict[str, list[int]]]:
     """Run ``model`` on ``ids[n, seq_len]`` and measure every linear layer (see the module docstring).

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from blockfp8.audit.calibrated import DEFAULT_SKIP, linear_modules
+from blockfp8.audit.weights import UNQUANTIZED_LINEARS, linear_modules
 from blockfp8.quant import reference as ref
 
 VARIANTS = ("base", "fp32", "ue8m0")  # unquantized, FP8 with float32 scales, FP8 with UE8M0 scales
@@ -29,7 +29,8 @@ _FMT = {"fp32": "float32", "ue8m0": "ue8m0"}
 class FP8Simulator:
     """Quantized copies of every linear weight, in both scale formats, and a context that swaps the forwards."""
 
-    def __init__(self, model: torch.nn.Module, block: Sequence[int] = (128, 128), skip: Sequence[str] = DEFAULT_SKIP):
+    def __init__(self, model: torch.nn.Module, block: Sequence[int] = (128, 128),
+                 skip: Sequence[str] = UNQUANTIZED_LINEARS):
         self.block = ref.normalize_block_size(block)
         self.modules = linear_modules(model, skip)
         self.weights = {
@@ -73,7 +74,7 @@ def measure(
     block: Sequence[int] = (128, 128),
     *,
     batch_size: int = 4,
-    skip: Sequence[str] = DEFAULT_SKIP,
+    skip: Sequence[str] = UNQUANTIZED_LINEARS,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-window sums for every variant: ``nll_<v>`` (over seq_len-1 targets), ``kl_<v>`` and ``agree_<v>``

@@ -15,20 +15,22 @@ float32 scales and may stay on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from blockfp8.audit.report import AuditReport
 
 ENGINES = ("vllm", "sglang")
 
 
-def emit(engine: str, report: Mapping[str, Any]) -> str:
+def emit(engine: str, report: AuditReport) -> str:
     if engine not in ENGINES:
         raise ValueError(f"--emit {engine!r}: valid values: {', '.join(ENGINES)}")
-    s = report["summary"]
-    model = report["model"]
-    head = [f"# blockfp8 audit verdict for {model}: {s['verdict']} (mean {s['mean_bits_lost']:.3f} bit lost per "
-            f"layer, max {s['max_bits_lost']:.3f} in {s['worst_layer']})"]
-    if s["verdict"] == "safe":
+    s = report.summary
+    model = report.model
+    head = [f"# blockfp8 audit verdict for {model}: {s.verdict} (mean {s.mean_bits_lost:.3f} bit lost per "
+            f"layer, max {s.max_bits_lost:.3f} in {s.worst_layer})"]
+    if report.safe:
         return "\n".join(head + [f"# UE8M0 is acceptable: keep the {engine} defaults (DeepGEMM may run with UE8M0 "
                                  "scales on Blackwell); nothing to set."])
     head.append("# UE8M0 is harmful: keep DeepGEMM off where it takes only UE8M0 scales (Blackwell SM100/SM120); on "

@@ -1,71 +1,146 @@
-"""Building, rendering and writing audit reports: the JSON (schema in docs/audit.md), a markdown summary and two
-PNG plots (bits lost per layer; scale-inflation histogram), each written to a temporary file and renamed."""
+"""The audit report: one :class:`AuditReport` that every level returns and every printer reads (the text table,
+report.md, the plots, ``--emit``, the guard's :func:`blockfp8.audit.verdict.load_verdict`). ``to_dict`` is the
+report JSON (schema in docs/audit.md), ``from_dict`` / ``load`` read one back and name what is wrong with it.
+Rendering lives in ``audit.render``; every file is written to a temporary name and renamed (``blockfp8.atomic``)."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from blockfp8.audit.verdict import SCHEMA, UNSAFE, Thresholds, layer_verdict, model_verdict, summarize
+from blockfp8 import atomic
+from blockfp8.audit.measures import INFLATION_LOG2_EDGES
+from blockfp8.audit.render import render_markdown, write_plots
+from blockfp8.audit.verdict import (
+    SAFE,
+    SCHEMA,
+    UNSAFE,
+    Thresholds,
+    VerdictError,
+    layer_verdict,
+    model_verdict,
+    summarize,
+)
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
-PLOT_BITS, PLOT_INFLATION = "bits_lost.png", "scale_inflation.png"
+# The optional sections, in the order they follow ``summary`` in the JSON; ``run`` always comes last.
+SECTIONS = ("histograms", "calibration", "e2e", "checkpoint")
 
 
-# --------------------------------------------------------------------------------------------- atomic writes
+@dataclass(frozen=True)
+class Summary:
+    """The model-level numbers and the verdict with its reasons (``summary`` in the JSON)."""
+
+    layers: int
+    mean_bits_fp32: float
+    mean_bits_ue8m0: float
+    mean_bits_lost: float
+    max_bits_lost: float
+    worst_layer: str
+    unsafe_layers: int
+    unsafe_layer_share: float
+    verdict: str  # SAFE | UNSAFE
+    reasons: tuple[str, ...]
+    thresholds: dict[str, float]  # Thresholds.as_dict() of the thresholds judged against
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(reasons=list(self.reasons), thresholds=dict(self.thresholds))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Summary:
+        if not isinstance(d, dict) or d.get("verdict") not in (SAFE, UNSAFE):
+            raise VerdictError(f"{where}: field summary.verdict must be 'safe' or 'unsafe'")
+        names = [f.name for f in fields(cls)]
+        # the fields a verdict's evidence quotes are named first
+        for key in ("mean_bits_lost", "max_bits_lost", "worst_layer", *names):
+            if key not in d:
+                raise VerdictError(f"{where}: field summary.{key} is missing")
+        return cls(**{**{k: d[k] for k in names}, "reasons": tuple(d["reasons"]), "thresholds": dict(d["thresholds"])})
 
 
-def _write_atomic(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+@dataclass(frozen=True)
+class AuditReport:
+    """One audit's result: per-layer rows (dicts whose keys depend on the level, see docs/audit.md), the summary
+    with the verdict, the optional sections and ``run`` (timings, versions: the only part that differs between
+    equivalent runs)."""
 
+    model: str
+    model_type: str | None
+    level: str  # "checkpoint" | "weights" | "calibrated" | "calibrated+e2e"
+    block_size: tuple[int, int]
+    layers: tuple[dict[str, Any], ...]
+    summary: Summary
+    histograms: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+    e2e: dict[str, Any] | None = None
+    checkpoint: dict[str, Any] | None = None
+    run: dict[str, Any] = field(default_factory=dict)
+    schema: str = SCHEMA
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
+    @property
+    def safe(self) -> bool:
+        return self.summary.verdict == SAFE
 
-    return _write_atomic(path, write)
+    @property
+    def worst_row(self) -> dict[str, Any]:
+        return next(r for r in self.layers if r["name"] == self.summary.worst_layer)
 
+    def top_layers(self, n: int) -> list[dict[str, Any]]:
+        """The ``n`` layers that lose most, worst first."""
+        return sorted(self.layers, key=lambda r: -r["bits_lost"])[:n]
 
-def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
-    """Write JSON to a temporary file beside `path`, then rename: never a half-written report.
-    Refuses non-finite numbers (a report must be valid JSON)."""
-    text = json.dumps(payload, indent=2, allow_nan=False)
-    return write_text_atomic(path, text + "\n")
+    def with_run(self, **extra: Any) -> AuditReport:
+        """The same report with ``extra`` added to its ``run`` section (e.g. the command line)."""
+        return replace(self, run={**self.run, **extra})
 
+    def to_dict(self) -> dict:
+        """The report JSON as a dict, keys in the documented order."""
+        d: dict[str, Any] = {
+            "schema": self.schema,
+            "model": self.model,
+            "model_type": self.model_type,
+            "level": self.level,
+            "block_size": [int(self.block_size[0]), int(self.block_size[1])],
+            "layers": [dict(r) for r in self.layers],
+            "summary": self.summary.to_dict(),
+        }
+        for name in SECTIONS:
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
+        d["run"] = dict(self.run)
+        return d
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence], floatfmt: str = ".4g") -> str:
-    def cell(v) -> str:
-        if isinstance(v, float):
-            return "inf" if math.isinf(v) else format(v, floatfmt)
-        return str(v)
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "audit report") -> AuditReport:
+        """A report from its JSON dict; ``where`` (the file) starts every error message."""
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            raise VerdictError(f"{where}: not a blockfp8 audit report (field schema must be {SCHEMA!r})")
+        summary = Summary.from_dict(d.get("summary"), where)
+        for key in ("model", "level", "block_size", "layers"):
+            if key not in d:
+                raise VerdictError(f"{where}: field {key} is missing")
+        return cls(model=d["model"], model_type=d.get("model_type"), level=d["level"],
+                   block_size=(int(d["block_size"][0]), int(d["block_size"][1])), layers=tuple(d["layers"]),
+                   summary=summary, **{name: d.get(name) for name in SECTIONS}, run=dict(d.get("run") or {}),
+                   schema=d["schema"])
 
-    body = [[cell(v) for v in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=False)))]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in body:
-        cells = (v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------- building
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> AuditReport:
+        """Read a report.json (not its folder); errors name the file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as exc:
+            raise VerdictError(f"{path}: cannot read the audit report ({exc.strerror or exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise VerdictError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, str(path))
 
 
 def build_report(
@@ -81,163 +156,40 @@ def build_report(
     e2e: Mapping[str, Any] | None = None,
     checkpoint: Mapping[str, Any] | None = None,
     run: Mapping[str, Any] | None = None,
-) -> dict:
-    """The report dict: per-layer verdicts, summary with the model verdict and its reasons. Everything except
-    ``run`` (timings, world size, versions) is a pure function of the measurements, so a distributed run gives the
-    same report as a single process."""
-    from blockfp8.audit.checkpoint import INFLATION_LOG2_EDGES
-
-    layers = []
-    for r in rows:
-        d = dict(r)
-        d["verdict"] = layer_verdict(float(d["bits_lost"]), thresholds)
-        layers.append(d)
-    summary = summarize(layers, thresholds)
-    verdict, reasons = model_verdict(summary, thresholds, e2e)
-    summary.update(verdict=verdict, reasons=reasons, thresholds=thresholds.as_dict())
-    report: dict[str, Any] = {
-        "schema": SCHEMA,
-        "model": model,
-        "model_type": model_type,
-        "level": level,
-        "block_size": [int(block_size[0]), int(block_size[1])],
-        "layers": layers,
-        "summary": summary,
-    }
-    if histograms:
-        report["histograms"] = {
-            "scale_inflation": {"log2_edges": list(INFLATION_LOG2_EDGES), **{k: list(v) for k, v in histograms.items()}}
-        }
-    if calibration:
-        report["calibration"] = dict(calibration)
-    if e2e:
-        report["e2e"] = dict(e2e)
-    if checkpoint:
-        report["checkpoint"] = dict(checkpoint)
-    report["run"] = dict(run or {})
-    json.dumps(report, allow_nan=False)  # fail here, naming nothing half-written, if a number is not finite
+) -> AuditReport:
+    """Per-layer verdicts, the summary with the model verdict and its reasons. Everything except ``run`` (timings,
+    world size, versions) is a pure function of the measurements, so a distributed run gives the same report as a
+    single process."""
+    layers = tuple({**r, "verdict": layer_verdict(float(r["bits_lost"]), thresholds)} for r in rows)
+    numbers = summarize(layers, thresholds)
+    verdict, reasons = model_verdict(numbers, thresholds, e2e)
+    report = AuditReport(
+        model=model,
+        model_type=model_type,
+        level=level,
+        block_size=(int(block_size[0]), int(block_size[1])),
+        layers=layers,
+        summary=Summary(**numbers, verdict=verdict, reasons=tuple(reasons), thresholds=thresholds.as_dict()),
+        histograms={"scale_inflation": {"log2_edges": list(INFLATION_LOG2_EDGES),
+                                        **{k: list(v) for k, v in histograms.items()}}} if histograms else None,
+        calibration=dict(calibration) if calibration else None,
+        e2e=dict(e2e) if e2e else None,
+        checkpoint=dict(checkpoint) if checkpoint else None,
+        run=dict(run or {}),
+    )
+    json.dumps(report.to_dict(), allow_nan=False)  # fail here, naming nothing half-written, if a number is not finite
     return report
 
 
 def comparable(report: Mapping[str, Any]) -> dict:
-    """The report without its ``run`` section: what must be identical between equivalent runs."""
+    """A report JSON dict without its ``run`` section: what must be identical between equivalent runs."""
     return {k: v for k, v in report.items() if k != "run"}
 
 
-# --------------------------------------------------------------------------------------------- rendering
-
-
-def verdict_lines(report: Mapping[str, Any]) -> list[str]:
-    s = report["summary"]
-    head = f"verdict for UE8M0 scales: {s['verdict'].upper()}"
-    return [head, *(f"  - {r}" for r in s["reasons"])]
-
-
-def render_markdown(report: Mapping[str, Any], top: int = 15) -> str:
-    s, t = report["summary"], report["summary"]["thresholds"]
-    out = [f"# UE8M0 audit of {report['model']}", ""]
-    out += [f"Level: **{report['level']}**; block size {report['block_size']}; model type "
-            f"`{report.get('model_type')}`.", ""]
-    out += [f"## Verdict: **{s['verdict']}**", ""] + [f"- {r}" for r in s["reasons"]] + [""]
-    out += ["| | value |", "|---|---|",
-            f"| layers | {s['layers']} |",
-            f"| mean bits, float32 scales | {s['mean_bits_fp32']:.3f} |",
-            f"| mean bits, UE8M0 scales | {s['mean_bits_ue8m0']:.3f} |",
-            f"| mean bits lost | {s['mean_bits_lost']:.3f} |",
-            f"| max bits lost | {s['max_bits_lost']:.3f} (`{s['worst_layer']}`) |",
-            f"| unsafe layers | {s['unsafe_layers']} ({100 * s['unsafe_layer_share']:.0f}%) |", ""]
-    out += ["Thresholds: " + ", ".join(f"`{k}`={v:g}" for k, v in t.items()), ""]
-    e2e = report.get("e2e")
-    if e2e:
-        out += [f"## End to end ({e2e['windows']} windows x {e2e['seq_len']} tokens, held out)", "",
-                "| variant | perplexity | KL to unquantized | top-1 agreement |", "|---|---|---|---|"]
-        b = e2e["base"]
-        out.append(f"| unquantized | {b['ppl_base']:.3f} [{b['ppl_base_ci'][0]:.3f}, {b['ppl_base_ci'][1]:.3f}] "
-                   "| 0 | 1 |")
-        for v, label in (("fp32", "FP8, float32 scales"), ("ue8m0", "FP8, UE8M0 scales")):
-            d = e2e[v]
-            out.append(f"| {label} | {d[f'ppl_{v}']:.3f} [{d[f'ppl_{v}_ci'][0]:.3f}, {d[f'ppl_{v}_ci'][1]:.3f}] | "
-                       f"{d[f'kl_{v}']:.4f} [{d[f'kl_{v}_ci'][0]:.4f}, {d[f'kl_{v}_ci'][1]:.4f}] | "
-                       f"{d[f'top1_{v}']:.4f} [{d[f'top1_{v}_ci'][0]:.4f}, {d[f'top1_{v}_ci'][1]:.4f}] |")
-        d = e2e["ue8m0_vs_fp32"]
-        out += ["", f"UE8M0 vs float32: perplexity {100 * d['ppl_increase']:+.2f}% "
-                f"[{100 * d['ppl_increase_ci'][0]:+.2f}, {100 * d['ppl_increase_ci'][1]:+.2f}], KL "
-                f"{100 * d['kl_increase']:+.1f}% [{100 * d['kl_increase_ci'][0]:+.1f}, "
-                f"{100 * d['kl_increase_ci'][1]:+.1f}], top-1 {100 * d['top1_change']:+.2f} points "
-                f"[{100 * d['top1_change_ci'][0]:+.2f}, {100 * d['top1_change_ci'][1]:+.2f}] (95% bootstrap over "
-                "windows).", ""]
-    rows = sorted(report["layers"], key=lambda r: -r["bits_lost"])[:top]
-    out += [f"## The {len(rows)} layers that lose most", ""]
-    extra = [k for k in ("act_bits_lost", "weight_bits_lost", "act_crest", "act_outlier_channels",
-                         "act_group_dominance", "scale_inflation_mean", "pow2_block_share") if rows and k in rows[0]]
-    out += ["| layer | bits float32 | bits UE8M0 | bits lost | verdict | " + " | ".join(extra) + " |",
-            "|---|---|---|---|---|" + "---|" * len(extra)]
-    for r in rows:
-        cells = [f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in extra]
-        out.append(f"| `{r['name']}` | {r['bits_fp32']:.3f} | {r['bits_ue8m0']:.3f} | {r['bits_lost']:.3f} | "
-                   f"{r['verdict']} | " + " | ".join(cells) + " |")
-    out += ["", f"Plots: `{PLOT_BITS}` (bits lost per layer), `{PLOT_INFLATION}` (scale inflation).", ""]
-    calib = report.get("calibration")
-    if calib:
-        out += [f"Calibration: {calib['samples']} windows x {calib['seq_len']} tokens of {calib['source']}.", ""]
-    run = report.get("run") or {}
-    if run.get("command"):
-        out += [f"Command: `{run['command']}`", ""]
-    return "\n".join(out)
-
-
-def write_plots(report: Mapping[str, Any], folder: str | os.PathLike) -> list[Path]:
-    """bits_lost.png and scale_inflation.png; none (and no error) when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    folder = Path(folder)
-    written = []
-    layers = report["layers"]
-    t = report["summary"]["thresholds"]["layer_bits_lost"]
-    fig, ax = plt.subplots(figsize=(max(6.0, min(24.0, 0.06 * len(layers) + 4)), 4))
-    colors = ["tab:red" if r["verdict"] == UNSAFE else "tab:blue" for r in layers]
-    ax.bar(range(len(layers)), [r["bits_lost"] for r in layers], color=colors, width=0.9)
-    ax.axhline(t, color="black", linestyle="--", linewidth=1, label=f"layer threshold {t:g} bit")
-    ax.set_xlabel("layer (module order)")
-    ax.set_ylabel("bits lost (float32 - UE8M0 scales)")
-    ax.set_title(f"{report['model']}: UE8M0 loss per layer ({report['level']}), verdict "
-                 f"{report['summary']['verdict']}")
-    ax.legend()
-    fig.tight_layout()
-    written.append(_write_atomic(folder / PLOT_BITS, lambda tmp: fig.savefig(tmp, format="png", dpi=110)))
-    plt.close(fig)
-    hist = (report.get("histograms") or {}).get("scale_inflation")
-    if hist:
-        edges = hist["log2_edges"]
-        centers = [2.0 ** ((a + b) / 2) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-        widths = [2.0**b - 2.0**a for a, b in zip(edges[:-1], edges[1:], strict=True)]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key, color in (("weights", "tab:blue"), ("activations", "tab:orange")):
-            counts = hist.get(key)
-            if counts and sum(counts):
-                total = sum(counts)
-                ax.bar(centers, [c / total for c in counts], width=widths, alpha=0.6, color=color,
-                       label=f"{key} ({total} blocks/groups)")
-        ax.set_xlabel("scale inflation s_UE8M0 / s_float32")
-        ax.set_ylabel("share of blocks")
-        ax.set_xlim(0.5, 2.0)
-        ax.set_title(f"{report['model']}: UE8M0 scale inflation s_UE8M0 / s_float32")
-        ax.legend()
-        fig.tight_layout()
-        written.append(_write_atomic(folder / PLOT_INFLATION, lambda tmp: fig.savefig(tmp, format="png", dpi=110)))
-        plt.close(fig)
-    return written
-
-
-def write_report_folder(report: Mapping[str, Any], folder: str | os.PathLike) -> list[Path]:
+def write_report_folder(report: AuditReport, folder: str | os.PathLike) -> list[Path]:
     """report.json, report.md and the plots, each written atomically into ``folder`` (created if needed)."""
     folder = Path(folder)
-    written = [write_json_atomic(folder / REPORT_JSON, dict(report)),
-               write_text_atomic(folder / REPORT_MD, render_markdown(report))]
+    written = [atomic.write_json(folder / REPORT_JSON, report.to_dict()),
+               atomic.write_text(folder / REPORT_MD, render_markdown(report))]
     written += write_plots(report, folder)
     return written

@@ -1,10 +1,9 @@
-"""The three audit levels as functions that return a finished report dict (see ``audit.report.build_report``):
+"""The three audit levels as functions that return a finished :class:`~blockfp8.audit.report.AuditReport`:
 checkpoint (``audit_checkpoint``), weights-only (``audit_model_weights``), calibrated with an optional end-to-end
 comparison (``audit_model``). The CLI (``blockfp8 audit`` / ``blockfp8 check``) is a thin layer over these."""
 
 from __future__ import annotations
 
-import platform as _pyplatform
 import sys
 import time
 from collections.abc import Sequence
@@ -13,27 +12,20 @@ from typing import Any
 
 import torch
 
-from blockfp8.audit import checkpoint as ckpt_level
 from blockfp8.audit import distributed
-from blockfp8.audit.report import build_report
+from blockfp8.audit.measures import inflation_histogram
+from blockfp8.audit.plan import UNQUANTIZED_TENSORS, OpenCheckpoint, plan_checkpoint
+from blockfp8.audit.reading import audit_jobs, read_jobs
+from blockfp8.audit.report import AuditReport, build_report
+from blockfp8.audit.speed import SpeedReport, timed, warm_up
 from blockfp8.audit.verdict import Thresholds
+from blockfp8.formats.hf_config import text_model_type
+from blockfp8.platform import run_environment
 
 
 def run_info(device: str, seconds: float, **extra: Any) -> dict:
-    from blockfp8 import __version__
-
-    info = {
-        "blockfp8": __version__,
-        "torch": torch.__version__,
-        "python": _pyplatform.python_version(),
-        "device": device,
-        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else None,
-        "threads": torch.get_num_threads(),
-        "seconds": round(seconds, 3),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    info.update(extra)
-    return info
+    """The report's ``run`` section: where it ran (``platform.run_environment``), how long, and ``extra``."""
+    return {**run_environment(device), "seconds": round(seconds, 3), **extra}
 
 
 def _progress(enabled: bool, desc: str, unit: str):
@@ -51,20 +43,20 @@ def audit_checkpoint(
     path: str | Path,
     *,
     block: Sequence[int] | None = None,
-    skip: Sequence[str] = ckpt_level.DEFAULT_SKIP,
+    skip: Sequence[str] = UNQUANTIZED_TENSORS,
     thresholds: Thresholds | None = None,
     device: str = "cpu",
     measure_read: bool = False,
     progress: bool = False,
     dist: distributed.DistContext | None = None,
-) -> dict | None:
+) -> AuditReport | None:
     """The checkpoint level over a safetensors file or folder. With ``dist``, every rank audits its share and rank 0
     returns the report (other ranks return None). ``measure_read`` also times reading the same tensors (the best of
     a pass before and a pass after the audit, each through a fresh memory map) and reports the rate ratio."""
     thresholds = thresholds or Thresholds()
     t_start = time.perf_counter()
-    with ckpt_level.OpenCheckpoint(path) as ck:
-        plan = ckpt_level.plan_checkpoint(ck, block, skip)
+    with OpenCheckpoint(path) as ck:
+        plan = plan_checkpoint(ck, block, skip)
     jobs = list(plan.jobs)
     mine = list(range(len(jobs)))
     if dist is not None:
@@ -72,16 +64,15 @@ def audit_checkpoint(
     my_jobs = [jobs[i] for i in mine]
 
     def read_pass() -> float:
-        with ckpt_level.OpenCheckpoint(path) as c:
-            return ckpt_level.timed(lambda: ckpt_level.read_jobs(c, my_jobs, device), device)[1]
+        with OpenCheckpoint(path) as c:
+            return timed(lambda: read_jobs(c, my_jobs, device), device)[1]
 
     if measure_read:  # steady state: load the kernels both passes use (CUDA loads modules lazily) before timing
-        ckpt_level.warm_up(device, plan.block_size)
+        warm_up(device, plan.block_size)
     read_times = [read_pass()] if measure_read else []
-    with ckpt_level.OpenCheckpoint(path) as ck:
-        rows, audit_s = ckpt_level.timed(
-            lambda: ckpt_level.audit_jobs(ck, my_jobs, plan.block_size, device,
-                                          _progress(progress, "auditing tensors", "tensor")), device)
+    with OpenCheckpoint(path) as ck:
+        rows, audit_s = timed(lambda: audit_jobs(ck, my_jobs, plan.block_size, device,
+                                                 _progress(progress, "auditing tensors", "tensor")), device)
     if measure_read:
         read_times.append(read_pass())
     local = {"rows": dict(zip(mine, rows, strict=True)), "audit_s": audit_s,
@@ -96,7 +87,7 @@ def audit_checkpoint(
     run: dict[str, Any] = {"world_size": 1 if dist is None else dist.world_size}
     if measure_read:
         # ranks work in parallel: the slowest rank's time is the run's time
-        speed = ckpt_level.SpeedReport(nbytes, max(p["read_s"] for p in parts), max(p["audit_s"] for p in parts))
+        speed = SpeedReport(nbytes, max(p["read_s"] for p in parts), max(p["audit_s"] for p in parts))
         run["speed"] = speed.as_dict()
     else:
         run["audit_s"] = max(p["audit_s"] for p in parts)
@@ -118,13 +109,11 @@ def audit_checkpoint(
 
 
 def model_type_of(model) -> str | None:
-    cfg = getattr(model, "config", None)
-    text = getattr(cfg, "text_config", None)
-    return getattr(text, "model_type", None) or getattr(cfg, "model_type", None)
+    return text_model_type(getattr(model, "config", None))
 
 
 def audit_model_weights(model, name: str, *, block: Sequence[int] = (128, 128), thresholds: Thresholds | None = None,
-                        device: str = "cpu", progress: bool = False) -> dict:
+                        device: str = "cpu", progress: bool = False) -> AuditReport:
     """The weights-only level: every linear weight (lm_head excluded) quantized with float32 and UE8M0 scales."""
     from blockfp8.audit import weights
     from blockfp8.quant import reference as ref
@@ -139,7 +128,7 @@ def audit_model_weights(model, name: str, *, block: Sequence[int] = (128, 128), 
         rows.append(weights.audit_weight(n, w32, block).as_dict())
         s32 = ref.quantize_weight(w32, block, "float32", name=n)[1]
         s8 = ref.quantize_weight(w32, block, "ue8m0", name=n)[1]
-        hist = [a + b for a, b in zip(hist, ckpt_level.inflation_histogram(s8 / s32), strict=True)]
+        hist = [a + b for a, b in zip(hist, inflation_histogram(s8 / s32), strict=True)]
     return build_report(model=name, model_type=model_type_of(model), level="weights", block_size=block, rows=rows,
                         thresholds=thresholds, histograms={"weights": hist},
                         run=run_info(device, time.perf_counter() - t0))
@@ -160,7 +149,7 @@ def audit_model(
     n_boot: int = 2000,
     progress: bool = False,
     data_dir=None,
-) -> dict:
+) -> AuditReport:
     """The calibrated level on ``calib`` windows of ``seq_len`` tokens, plus the end-to-end level on
     ``eval_windows`` held-out windows when > 0."""
 
@@ -177,7 +166,7 @@ def audit_model(
 
 
 def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, thresholds, device, batch_tokens,
-                 n_boot, progress, data_dir, t0) -> dict:
+                 n_boot, progress, data_dir, t0) -> AuditReport:
     from blockfp8.audit import calibrated, e2e, text
 
     cw = text.windows(tokenizer, calib, seq_len, "calibration", data_dir)

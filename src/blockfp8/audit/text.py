@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from blockfp8.datasets import load_lambada
+
 SOURCE = "LAMBADA (OpenAI) test, vendored in data/"
 
 
@@ -29,8 +31,6 @@ class Windows:
 
 def windows(tokenizer, n: int, seq_len: int, split: str, data_dir=None) -> Windows:
     """``n`` windows of ``seq_len`` tokens from the head ("calibration") or the tail ("evaluation")."""
-    from blockfp8.eval.data import load_lambada
-
     if n <= 0 or seq_len <= 1:
         raise ValueError(f"need n >= 1 windows of seq_len >= 2 tokens, got n={n}, seq_len={seq_len}")
     if split not in ("calibration", "evaluation"):

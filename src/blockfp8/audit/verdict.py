@@ -8,20 +8,24 @@ A layer is ``unsafe`` when its bits lost exceed ``layer_bits_lost``. The model i
   with the lower end of its 95% bootstrap interval above 0, or raises the KL divergence to the unquantized model
   by more than ``kl_increase`` (relative) with the interval's lower end above 0.
 
-The defaults are chosen from our own measurements; docs/audit.md says how. ``load_verdict`` turns a report JSON
-into the :class:`blockfp8.config.AuditVerdict` the accuracy guard reads.
+The defaults are chosen from our own measurements; docs/audit.md says how. Each threshold's ``help`` (its field
+metadata) is the one description the CLI flags show. ``load_verdict`` turns a report JSON into the
+:class:`blockfp8.config.AuditVerdict` the accuracy guard reads (``audit.report`` builds on this module, hence the
+imports inside the functions that read a report).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockfp8.config import AuditVerdict
+
+if TYPE_CHECKING:
+    from blockfp8.audit.report import AuditReport
 
 SAFE, UNSAFE = "safe", "unsafe"
 SCHEMA = "blockfp8.audit/1"
@@ -31,13 +35,19 @@ class VerdictError(ValueError):
     """A report or threshold is unusable; the message names the file or field."""
 
 
+def _threshold(default: float, meaning: str) -> Any:
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    layer_bits_lost: float = 0.25
-    mean_bits_lost: float = 0.10
-    unsafe_layer_share: float = 0.10
-    ppl_increase: float = 0.01
-    kl_increase: float = 0.25
+    layer_bits_lost: float = _threshold(0.25, "a layer is unsafe above this many bits lost")
+    mean_bits_lost: float = _threshold(0.10, "the model is unsafe above this mean bits lost per layer")
+    unsafe_layer_share: float = _threshold(0.10, "the model is unsafe when more than this share of layers is unsafe")
+    ppl_increase: float = _threshold(
+        0.01, "the model is unsafe when UE8M0 raises perplexity over float32 scales by more (relative)")
+    kl_increase: float = _threshold(
+        0.25, "the model is unsafe when UE8M0 raises the KL to the unquantized model by more (relative)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -115,52 +125,33 @@ def model_verdict(summary: Mapping[str, Any], thresholds: Thresholds, e2e: Mappi
     return SAFE, ok
 
 
-def evidence(report: Mapping[str, Any], source: str | None = None) -> str:
-    """One line saying what was measured, for warnings and ``explain``."""
-    s = report["summary"]
-    level = report["level"]
-    calib = report.get("calibration") or {}
-    what = f"blockfp8 audit ({level}"
+def evidence(report: AuditReport | Mapping[str, Any], source: str | None = None) -> str:
+    """One line saying what was measured, for warnings and ``explain``. ``report`` may also be a report JSON dict."""
+    from blockfp8.audit.report import AuditReport
+
+    if not isinstance(report, AuditReport):
+        report = AuditReport.from_dict(report, source or "audit report")
+    s = report.summary
+    calib = report.calibration or {}
+    what = f"blockfp8 audit ({report.level}"
     if calib:
         what += f", {calib['samples']}x{calib['seq_len']} tokens of {calib['source']}"
-    what += f") of {report['model']}: {s['verdict']}; mean {s['mean_bits_lost']:.3f} bit lost per layer, max " \
-            f"{s['max_bits_lost']:.3f} ({s['worst_layer']})"
-    e2e = report.get("e2e")
-    if e2e:
-        d = e2e["ue8m0_vs_fp32"]
+    what += f") of {report.model}: {s.verdict}; mean {s.mean_bits_lost:.3f} bit lost per layer, max " \
+            f"{s.max_bits_lost:.3f} ({s.worst_layer})"
+    if report.e2e:
+        d = report.e2e["ue8m0_vs_fp32"]
         what += f"; end to end UE8M0 vs float32 perplexity {100 * d['ppl_increase']:+.2f}%"
     if source:
         what += f" [{source}]"
     return what
 
 
-def load_report(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text())
-    except OSError as exc:
-        raise VerdictError(f"{path}: cannot read the audit report ({exc.strerror or exc})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VerdictError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
-        raise VerdictError(f"{path}: not a blockfp8 audit report (field schema must be {SCHEMA!r})")
-    summary = report.get("summary")
-    if not isinstance(summary, dict) or summary.get("verdict") not in (SAFE, UNSAFE):
-        raise VerdictError(f"{path}: field summary.verdict must be 'safe' or 'unsafe'")
-    for key in ("mean_bits_lost", "max_bits_lost", "worst_layer"):
-        if key not in summary:
-            raise VerdictError(f"{path}: field summary.{key} is missing")
-    return report
-
-
 def load_verdict(path: str | Path) -> AuditVerdict:
     """The guard's input from an audit report JSON (a report folder's report.json, or the folder itself)."""
+    from blockfp8.audit.report import REPORT_JSON, AuditReport
+
     path = Path(path)
     if path.is_dir():
-        path = path / "report.json"
-    report = load_report(path)
-    return AuditVerdict(
-        ue8m0_ok=report["summary"]["verdict"] == SAFE,
-        evidence=evidence(report, str(path)),
-        model_type=report.get("model_type"),
-    )
+        path = path / REPORT_JSON
+    report = AuditReport.load(path)
+    return AuditVerdict(ue8m0_ok=report.safe, evidence=evidence(report, str(path)), model_type=report.model_type)

@@ -8,34 +8,19 @@ lands in (224, 448] instead of on 448). Pure torch on CPU; never imports nn or a
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
+from blockfp8.audit.measures import finite_bits
 from blockfp8.quant import metrics
 from blockfp8.quant import reference as ref
 
-# A finite stand-in for "no error at all" so every number in a JSON report is finite.
-MAX_BITS = 64.0
-
-
-def finite_bits(bits: float) -> float:
-    """Clamp to +-MAX_BITS (infinities included); NaN is a bug upstream and raises."""
-    if math.isnan(bits):
-        raise ValueError("bits is NaN")
-    return max(min(bits, MAX_BITS), -MAX_BITS)
-
-
-def bits_from_power(signal: float, noise: float) -> float:
-    """SNR in bits from summed squares, 0.5 * log2(signal / noise): MAX_BITS without noise, -MAX_BITS without
-    signal."""
-    if noise <= 0.0:
-        return MAX_BITS
-    if signal <= 0.0:
-        return -MAX_BITS
-    return finite_bits(0.5 * math.log2(signal / noise))
+# Linear layers left in high precision by every block-FP8 checkpoint we know (and by ``blockfp8 quantize``): the
+# output projection. The levels that walk a model's nn.Linear modules (weights-only, calibrated, end to end) skip
+# the modules whose names contain one of these.
+UNQUANTIZED_LINEARS = ("lm_head",)
 
 
 @dataclass(frozen=True)
@@ -80,24 +65,17 @@ def audit_weight(name: str, w: torch.Tensor, block_size: Sequence[int] = (128, 1
     )
 
 
-def audit_weights(
-    named_weights: Iterable[tuple[str, torch.Tensor]], block_size: Sequence[int] = (128, 128), progress: bool = False
-) -> list[WeightAudit]:
-    items = named_weights
-    if progress:
-        from tqdm import tqdm
-
-        items = tqdm(list(named_weights), desc="auditing weights", unit="tensor")
-    return [audit_weight(name, w, block_size) for name, w in items]
+def linear_modules(model: torch.nn.Module, skip: Sequence[str] = UNQUANTIZED_LINEARS
+                   ) -> list[tuple[str, torch.nn.Linear]]:
+    """Every ``nn.Linear`` of a model in module order, except names containing a ``skip`` entry."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and not any(s in n for s in skip)]
 
 
-def linear_weights(model: torch.nn.Module, skip: Sequence[str] = ("lm_head",)) -> list[tuple[str, torch.Tensor]]:
+def linear_weights(model: torch.nn.Module, skip: Sequence[str] = UNQUANTIZED_LINEARS
+                   ) -> list[tuple[str, torch.nn.Parameter]]:
     """Every nn.Linear weight of a model, in module order, except names containing a `skip` entry."""
-    return [
-        (name, module.weight)
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and not any(s in name for s in skip)
-    ]
+    return [(name, module.weight) for name, module in linear_modules(model, skip)]
 
 
 def summarize(rows: Sequence[WeightAudit]) -> dict:

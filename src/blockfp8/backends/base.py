@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from blockfp8.quant.layouts import ScaleFmt, ScaleLayout
+
 if TYPE_CHECKING:  # keep this module importable without torch's heavy parts at type-check time only
     import torch
 
@@ -39,25 +41,6 @@ class BackendId(str, enum.Enum):
         except ValueError:
             valid = ", ".join(b.value for b in cls)
             raise ValueError(f"{field_name}={value!r} is not valid; valid values: {valid}") from None
-
-
-class ScaleFmt(str, enum.Enum):
-    FLOAT32 = "float32"
-    UE8M0 = "ue8m0"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class ScaleLayout(str, enum.Enum):
-    """How activation (or weight) scales are laid out in memory for a kernel."""
-
-    ROW_MAJOR = "row_major"  # [M, K/G] contiguous (reference, Triton)
-    MN_MAJOR = "mn_major"  # [M, K/G] with strides (1, align(M, 4)): scaled_mm, DeepGEMM SM90
-    PACKED_UE8M0 = "packed_ue8m0"  # int32 words of 4 exponent bytes, MN-major, TMA-aligned: DeepGEMM SM100
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -103,6 +86,13 @@ class Decision:
     # MoE: the chosen backend runs all experts in one grouped launch (``prepare_moe`` / ``moe``, see
     # :class:`GroupedMoEBackend`) instead of a per-expert loop of ``gemm``.
     grouped_moe: bool = False
+    # Whether the fused Triton activation quantizer can feed a GPU kernel here (a CUDA device with Triton, power-of-
+    # two groups, float8_e4m3fn); else quant.reference plus the layout step runs. Same bits either way; decided once
+    # for the layer, never probed per call. The Triton backend always uses its fused quantizer.
+    fused_act_quant: bool = False
+    # The tuned-table keys of the platform the decision was made for (GPU name, then SM family; none for a CPU or a
+    # planned platform): per-M dispatch and the Triton launch configs read the tables under the same keys.
+    tuned_keys: tuple[str, ...] = ()
 
     def backend_for_m(self, m: int) -> BackendId:
         """The backend that runs ``M = m`` rows (the dispatch plan's bucket, else the chosen backend)."""
@@ -130,6 +120,8 @@ class Decision:
             "simulated": self.simulated,
             "dispatch": {str(m): str(b) for m, b in self.dispatch},
             "grouped_moe": self.grouped_moe,
+            "fused_act_quant": self.fused_act_quant,
+            "tuned_keys": list(self.tuned_keys),
         }
 
 
@@ -227,7 +219,7 @@ def offers_grouped_moe(backend: object) -> bool:
 
 def check_decision_for(decision: Decision, backend: BackendId) -> None:
     """A backend acts only on a decision made for it: scales laid out for one kernel (packed UE8M0 int32 words,
-    say) must never reach another (REFERENCE.md §1, defect 4)."""
+    say) must never reach another kernel, which would read them as float32."""
     if decision.backend is not backend:
         raise ValueError(
             f"decision is for backend {decision.backend} ({decision.kind}), not {backend}: resolve the layer again "
@@ -249,16 +241,9 @@ def scales_for_decision(w_q: torch.Tensor, w_scale: torch.Tensor, decision: Deci
     return w_q, checkpoint_scale, checkpoint_scale
 
 
-def lay_out_act_scales(scale: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
-    """Activation scales ``[M, G]`` (float32, row-major) in the layout a kernel takes: MN-major with the M stride
-    padded to a multiple of 4 (TMA-aligned), or packed UE8M0 int32 words (which pack_ue8m0 lays out MN-major)."""
-    from blockfp8.quant import reference as ref
+def fused_act_quant_runs(platform: Platform, problem: GemmProblem) -> bool:
+    """Whether the fused Triton activation quantizer can run for this layer here (``Decision.fused_act_quant``)."""
+    from blockfp8.kernels.act_quant import fused_quantizer_fits
 
-    if layout is ScaleLayout.ROW_MAJOR:
-        return scale
-    if layout is ScaleLayout.PACKED_UE8M0:
-        return ref.pack_ue8m0(scale)
-    m, groups = scale.shape
-    storage = scale.new_zeros((groups, ref.tma_aligned(m)))
-    storage[:, :m] = scale.t()
-    return storage.t()[:m]
+    usable = platform.device == "cuda" and platform.has("triton")
+    return usable and fused_quantizer_fits(problem.block_size[1], problem.fp8_dtype)

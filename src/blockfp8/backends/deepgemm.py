@@ -7,9 +7,6 @@ only: importing this module never touches it.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from types import ModuleType
 from typing import TYPE_CHECKING, ClassVar
 
 from blockfp8.backends.base import (
@@ -22,26 +19,15 @@ from blockfp8.backends.base import (
     check_decision_for,
     scales_for_decision,
 )
+from blockfp8.kernels import deepgemm as dg
 
 if TYPE_CHECKING:
     import torch
 
     from blockfp8.platform import Platform
 
-DENSE_KERNEL = "fp8_gemm_nt"
 GROUPED_KERNEL = "m_grouped_fp8_gemm_nt_contiguous"
 SUPPORTED_FAMILIES = (90, 100)
-N_ALIGN, K_ALIGN = 64, 128
-
-
-def load_deep_gemm() -> tuple[ModuleType | None, str]:
-    """The ``deep_gemm`` module, or None and why it cannot be used."""
-    if importlib.util.find_spec("deep_gemm") is None:
-        return None, "deep_gemm not installed"
-    try:
-        return importlib.import_module("deep_gemm"), ""
-    except Exception as exc:  # a broken build raises anything from ImportError to OSError
-        return None, f"deep_gemm is installed but does not import ({type(exc).__name__}: {exc})"
 
 
 class DeepGemmBackend:
@@ -54,12 +40,12 @@ class DeepGemmBackend:
             return False, f"needs SM90 or SM100/SM103, this is {platform.arch}"
         if not platform.has("deep_gemm"):
             return False, "deep_gemm not installed"
-        module, why = load_deep_gemm()
+        module, why = dg.load()
         if module is None:
             return False, why
-        if not hasattr(module, DENSE_KERNEL):
-            return False, f"deep_gemm has no {DENSE_KERNEL} (an unsupported version)"
-        return True, f"deep_gemm with {DENSE_KERNEL} on {platform.arch}"
+        if not hasattr(module, dg.DENSE_KERNEL):
+            return False, f"deep_gemm has no {dg.DENSE_KERNEL} (an unsupported version)"
+        return True, f"deep_gemm with {dg.DENSE_KERNEL} on {platform.arch}"
 
     def can_implement(self, problem: GemmProblem) -> tuple[bool, str]:
         if problem.out_dtype != "bfloat16":
@@ -68,10 +54,11 @@ class DeepGemmBackend:
             return False, f"fp8 dtype {problem.fp8_dtype}: DeepGEMM takes float8_e4m3fn only"
         if tuple(problem.block_size) != (128, 128):
             return False, f"weight block size {list(problem.block_size)}: DeepGEMM takes [128, 128] only"
-        if problem.n % N_ALIGN or problem.k % K_ALIGN:
-            return False, f"N={problem.n}, K={problem.k}: DeepGEMM needs N % {N_ALIGN} == 0 and K % {K_ALIGN} == 0"
+        if problem.n % dg.N_ALIGN or problem.k % dg.K_ALIGN:
+            return False, (f"N={problem.n}, K={problem.k}: DeepGEMM needs N % {dg.N_ALIGN} == 0 and "
+                           f"K % {dg.K_ALIGN} == 0")
         if problem.grouped:
-            module, why = load_deep_gemm()
+            module, why = dg.load()
             if module is None:
                 return False, why
             if not hasattr(module, GROUPED_KERNEL):
@@ -88,27 +75,29 @@ class DeepGemmBackend:
 
     def prepare_weight(self, w_q: torch.Tensor, w_scale: torch.Tensor, decision: Decision,
                        block_size: tuple[int, int]) -> PreparedWeight:
-        from blockfp8.quant import reference as ref
+        from blockfp8.quant.layouts import pack_ue8m0_per_row
 
         check_decision_for(decision, self.name)
         weight, scale, checkpoint_scale = scales_for_decision(w_q, w_scale, decision, block_size)
         if decision.weight_scale_layout is ScaleLayout.PACKED_UE8M0:
-            # SM100 takes one scale per weight row and 128-K group: broadcast the 128-row blocks, then pack.
-            per_row = scale.repeat_interleave(block_size[0], dim=0)[: w_q.shape[0]]
-            scale = ref.pack_ue8m0(per_row.contiguous())
+            # SM100 takes one scale per weight row and 128-K group: the 128-row blocks broadcast, then packed.
+            scale = pack_ue8m0_per_row(scale, w_q.shape[0], block_size[0])
+        module, why = dg.load()  # once here: the forward pass calls the module it is handed
+        if module is None:
+            raise RuntimeError(f"deepgemm backend: {why}")
         return PreparedWeight(self.name, weight, scale, checkpoint_weight=w_q, checkpoint_scale=checkpoint_scale,
-                              block_size=tuple(block_size))
+                              block_size=tuple(block_size), extra={"module": module})
 
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        from blockfp8.backends import act_quant
+        from blockfp8.kernels import act_quant
 
-        # The fused quantizer (Triton on CUDA, the reference elsewhere; a shared kernel module, not a backend)
-        # writes the scales straight into this family's layout: MN-major float32 (SM90) or packed UE8M0 (SM100).
+        # The scales go straight into this family's layout: MN-major float32 (SM90) or packed UE8M0 (SM100).
         check_decision_for(decision, self.name)
-        return act_quant.quantize_act(x, group_size, str(decision.act_scale_fmt), str(decision.act_scale_layout),
-                                      fp8_dtype=getattr(torch, decision.fp8_dtype))
+        return act_quant.quantize_act(x, group_size, decision.act_scale_fmt, decision.act_scale_layout,
+                                      fp8_dtype=getattr(torch, decision.fp8_dtype),
+                                      fused=decision.fused_act_quant)
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,9 +105,5 @@ class DeepGemmBackend:
 
         if out_dtype != torch.bfloat16:
             raise ValueError(f"out_dtype={out_dtype}: DeepGEMM writes bfloat16 only")
-        module, why = load_deep_gemm()
-        if module is None:
-            raise RuntimeError(f"deepgemm backend: {why}")
-        out = torch.empty((x_q.shape[0], prepared.weight.shape[0]), dtype=torch.bfloat16, device=x_q.device)
-        getattr(module, DENSE_KERNEL)((x_q, x_scale), (prepared.weight, prepared.scale), out)
+        out = dg.gemm(prepared.extra["module"], x_q, x_scale, prepared.weight, prepared.scale)
         return out if bias is None else out + bias

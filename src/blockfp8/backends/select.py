@@ -24,8 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from blockfp8 import envs
-from blockfp8.backends import dispatch
-from blockfp8.backends.base import BackendId, Decision, GemmBackend, GemmProblem, ScaleFmt, offers_grouped_moe
+from blockfp8.backends import tuned
+from blockfp8.backends.base import (
+    BackendId,
+    Decision,
+    GemmBackend,
+    GemmProblem,
+    ScaleFmt,
+    fused_act_quant_runs,
+    offers_grouped_moe,
+)
 from blockfp8.backends.guard import GuardVerdict, guard_verdict
 from blockfp8.backends.registry import PREFERENCE_ORDER, get_backend, parse_backend_id
 from blockfp8.config import BlockFP8Config
@@ -227,12 +235,13 @@ def _dispatch_plan(problem: GemmProblem, platform: Platform, candidates: tuple[B
     """Per-M-bucket backends from the shipped tuned table for this GPU model, within ``candidates`` (automatic
     choice only: an explicit choice has one candidate). Consecutive buckets with the same backend are merged;
     empty when the first candidate serves every M."""
-    if len(candidates) < 2 or not platform.gpu_name or platform.simulated:
+    keys = tuned.platform_keys(platform)
+    if len(candidates) < 2 or not keys:
         return ()
-    gpu = platform.gpu_name.replace(" ", "_")
+    gpu = keys[0]
     plan: list[tuple[int, BackendId]] = []
-    for bucket in dispatch.M_BUCKETS:
-        backend = parse_backend_id(dispatch.pick(bucket, problem.n, problem.k, candidates, gpu=gpu))
+    for bucket in tuned.M_BUCKETS:
+        backend = parse_backend_id(tuned.dispatch_backend(keys, bucket, problem.n, problem.k, candidates))
         if plan and plan[-1][1] is backend:
             plan[-1] = (bucket, backend)
         else:
@@ -291,7 +300,8 @@ def _decision(problem: GemmProblem, platform: Platform, kind: str, chosen: Backe
               candidates: tuple[BackendId, ...], plan: tuple[tuple[int, BackendId], ...]) -> Decision:
     fmt = caps[chosen].scale_fmt
     checkpoint_ue8m0 = problem.checkpoint_scale_fmt is ScaleFmt.UE8M0
-    act_layout, weight_layout = get_backend(chosen).scale_layouts(platform)
+    backend = get_backend(chosen)
+    act_layout, weight_layout = backend.scale_layouts(platform)
     return Decision(
         kind=kind,
         backend=chosen,
@@ -309,7 +319,9 @@ def _decision(problem: GemmProblem, platform: Platform, kind: str, chosen: Backe
         fp8_dtype=problem.fp8_dtype,
         simulated=platform.simulated,
         dispatch=plan,
-        grouped_moe=kind == "moe" and offers_grouped_moe(get_backend(chosen)),
+        grouped_moe=kind == "moe" and offers_grouped_moe(backend),
+        fused_act_quant=fused_act_quant_runs(platform, problem),
+        tuned_keys=tuned.platform_keys(platform),
     )
 
 

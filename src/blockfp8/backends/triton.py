@@ -1,7 +1,8 @@
 """Triton block-FP8 GEMM: any CUDA GPU with FP8 tensor cores (SM >= 8.9), float32 or UE8M0 scales, row-major.
 
-The kernels live in ``blockfp8.backends.triton_gemm`` / ``triton_quant`` and are imported inside methods only,
-so importing this module never imports Triton.
+The kernels live in ``blockfp8.kernels.triton`` and are imported inside methods only, so importing this module
+never imports Triton. What a launch needs (the tuned tile configs for this GPU, the interpreter choice for CPU
+tensors) is settled when the weight is prepared, not per call.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ MIN_BLOCK = 16  # tl.dot needs tiles of at least 16
 
 class TritonBackend:
     name: ClassVar[BackendId] = BackendId.TRITON
-    moe_activations: ClassVar[tuple[str, ...]] = ("silu",)  # grouped MoE: triton_moe.fused_moe
+    moe_activations: ClassVar[tuple[str, ...]] = ("silu",)  # grouped MoE: kernels.triton.moe.fused_moe
 
     def is_supported(self, platform: Platform) -> tuple[bool, str]:
         if platform.capability is None:
@@ -62,23 +63,32 @@ class TritonBackend:
 
     def prepare_weight(self, w_q: torch.Tensor, w_scale: torch.Tensor, decision: Decision,
                        block_size: tuple[int, int]) -> PreparedWeight:
+        from blockfp8.backends import tuned
+        from blockfp8.kernels import triton as kernels
+
         check_decision_for(decision, self.name)
+        kernels.use_device(w_q.device)
         weight, scale, checkpoint_scale = scales_for_decision(w_q, w_scale, decision, block_size)
+        configs = tuned.triton_configs(decision.tuned_keys, *w_q.shape)
         return PreparedWeight(self.name, weight, scale.contiguous(), checkpoint_weight=w_q,
-                              checkpoint_scale=checkpoint_scale, block_size=tuple(block_size))
+                              checkpoint_scale=checkpoint_scale, block_size=tuple(block_size),
+                              extra={"configs": configs})
 
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from blockfp8.backends import triton_quant
+        from blockfp8.kernels.triton import act_quant
 
         check_decision_for(decision, self.name)
-        return triton_quant.quantize_act(x, group_size, decision.act_scale_fmt, decision.act_scale_layout)
+        return act_quant.quantize_act(x, group_size, decision.act_scale_fmt, decision.act_scale_layout)
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:
-        from blockfp8.backends import triton_gemm
+        from blockfp8.backends.tuned import m_bucket
+        from blockfp8.kernels.triton import gemm
 
-        return triton_gemm.fp8_block_gemm(x_q, x_scale, prepared.weight, prepared.scale, prepared.block_size,
-                                          out_dtype, bias)
+        configs = prepared.extra.get("configs")
+        config = configs[m_bucket(x_q.reshape(-1, x_q.shape[-1]).shape[0])] if configs else None
+        return gemm.fp8_block_gemm(x_q, x_scale, prepared.weight, prepared.scale, prepared.block_size, out_dtype,
+                                   bias, config=config)
 
     # ------------------------------------------------------------------ grouped MoE (GroupedMoEBackend)
     def prepare_moe(self, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor, w2_scale: torch.Tensor,
@@ -92,9 +102,11 @@ class TritonBackend:
         result is the unpadded one). Done once here, never per forward."""
         import torch
 
+        from blockfp8.kernels import triton as kernels
         from blockfp8.quant import reference as ref
 
         check_decision_for(decision, self.name)
+        kernels.use_device(w13.device)
         if activation not in self.moe_activations:
             raise ValueError(f"triton grouped MoE fuses {', '.join(self.moe_activations)}, not {activation!r}")
         bn, bk = block_size
@@ -130,9 +142,9 @@ class TritonBackend:
             decision: Decision) -> torch.Tensor:
         import torch
 
-        from blockfp8.backends import triton_moe
+        from blockfp8.kernels.triton import moe as triton_moe
 
         check_decision_for(decision, self.name)
         return triton_moe.fused_moe(x, prepared.w13, prepared.w13_scale, prepared.w2, prepared.w2_scale,
                                     topk_weights, topk_ids, block_size=prepared.block_size,
-                                    scale_fmt=str(decision.act_scale_fmt), out_dtype=torch.float32)
+                                    scale_fmt=decision.act_scale_fmt, out_dtype=torch.float32)

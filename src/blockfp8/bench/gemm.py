@@ -31,7 +31,6 @@ def rows_for_shape(m, n, k, times: dict[str, list[float]], env: dict, extra: dic
 
 def bench_gemm(cells, variants=GEMM_VARIANTS, reps: int = 50, scale_fmt: str = "float32", check: bool = True,
                log=print) -> list[dict]:
-    from blockfp8.backends import dispatch, triton_gemm
     from blockfp8.testing.tolerances import gemm_atol
 
     env = results.environment()
@@ -40,8 +39,8 @@ def bench_gemm(cells, variants=GEMM_VARIANTS, reps: int = 50, scale_fmt: str = "
     for m, n, k in cells:
         case = GemmCase(m, n, k, scale_fmt)
         fns = case.variants(variants)
-        extra = {"triton": "cfg=" + triton_gemm.get_config(m, n, k)[1],
-                 "auto": "pick=" + dispatch.pick(m, n, k, ("scaled_mm", "triton")),
+        extra = {"triton": "cfg=" + ("tuned" if case.triton_config() else "default"),
+                 "auto": "pick=" + case.auto_pick(),
                  "fp8_tensor": f"M padded to {case.x_q16.shape[0]}" if case.x_q16.shape[0] != m else ""}
         if check:  # every variant that computes the block-FP8 product is checked on these inputs
             ref = case.reference()
@@ -123,7 +122,7 @@ def candidate_configs(m: int) -> list[dict]:
 def _compile_one(cfg: dict) -> str:
     import torch
 
-    from blockfp8.backends import triton_gemm
+    from blockfp8.kernels.triton import gemm
 
     m, k = (128 if cfg["kernel"] == "tma" else 16), 2048  # K deep enough that SPLIT_K is not clamped
     x = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
@@ -131,7 +130,7 @@ def _compile_one(cfg: dict) -> str:
     xs = torch.ones(m, k // 128, device="cuda")
     ws = torch.ones(5, k // 128, device="cuda")
     try:
-        triton_gemm.fp8_block_gemm(x, xs, w, ws, (128, 128), torch.bfloat16, config=cfg)
+        gemm.fp8_block_gemm(x, xs, w, ws, (128, 128), torch.bfloat16, config=cfg)
         torch.cuda.synchronize()
         return "ok"
     except Exception as exc:  # noqa: BLE001
@@ -155,7 +154,8 @@ def precompile(cfgs: list[dict], workers: int = 12) -> dict[str, str]:
 def tune(cells, reps: int = 20, log=print, scale_fmt: str = "float32") -> tuple[dict, dict, list[dict]]:
     """For each (M bucket, N, K): the fastest Triton config and the fastest backend (triton vs scaled_mm).
     Returns (triton table for this GPU, dispatch table for this GPU, rows)."""
-    from blockfp8.backends import triton_gemm
+    from blockfp8.backends.tuned import m_bucket
+    from blockfp8.kernels.triton import gemm
     from blockfp8.testing.tolerances import gemm_atol
 
     flush = timing.L2Flusher()
@@ -171,8 +171,8 @@ def tune(cells, reps: int = 20, log=print, scale_fmt: str = "float32") -> tuple[
         fns = {}
         for i, cfg in enumerate(cfgs):
             def fn(cfg=cfg, case=case):
-                return triton_gemm.fp8_block_gemm(case.x_q, case.x_s, case.w_q, case.w_s, (128, 128), torch.bfloat16,
-                                                  config=cfg)
+                return gemm.fp8_block_gemm(case.x_q, case.x_s, case.w_q, case.w_s, (128, 128), torch.bfloat16,
+                                           config=cfg)
 
             try:
                 err = (fn().float() - ref).abs().max().item()
@@ -190,10 +190,10 @@ def tune(cells, reps: int = 20, log=print, scale_fmt: str = "float32") -> tuple[
         for v, name in ranked[:4]:
             log(f"    {v:8.1f}us {cfgs[int(name[3:])]}")
         cfg = cfgs[int(best[1][3:])]
-        gemm_table.setdefault(f"{n},{k}", {})[str(triton_gemm.m_bucket(m))] = cfg
+        gemm_table.setdefault(f"{n},{k}", {})[str(m_bucket(m))] = cfg
         sm = med.get("scaled_mm", float("nan"))
         pick = "triton" if math.isnan(sm) or best[0] < sm else "scaled_mm"
-        dispatch_table.setdefault(f"{n},{k}", {})[str(triton_gemm.m_bucket(m))] = {
+        dispatch_table.setdefault(f"{n},{k}", {})[str(m_bucket(m))] = {
             "backend": pick, "us": {"triton": round(best[0], 2), "scaled_mm": round(sm, 2)}}
         log(f"M={m} N={n} K={k}: best triton {best[0]:.1f}us {cfg}  scaled_mm {sm:.1f}us -> {pick}")
         rows.append({"bench": "tune", "m": m, "n": n, "k": k, "variant": "triton_best", "us": best[0],

@@ -1,9 +1,8 @@
-"""`blockfp8 bench model`: a Qwen3-8B-shaped decoder (config numbers, random weights), block-FP8 linears
-(auto-dispatch per shape between blockwise scaled_mm and our Triton kernel, activations quantized by our Triton
-quantizer) vs the same model in bf16. Prefill: batch 8 x 2048 tokens, tokens/s. Decode: batch 1 with a 2048-token
-KV cache, ms/token, each step replayed from a CUDA graph (both variants), as serving engines run decode.
-
-The linears here call the kernels directly (bench may); the library's layers reach them through the policy.
+"""`blockfp8 bench model`: a Qwen3-8B-shaped decoder (config numbers, random weights), its linears the library's
+``BlockFP8Linear`` (automatic choice: per-shape dispatch between blockwise scaled_mm and our Triton kernel,
+activations quantized by our Triton quantizer) vs the same model in bf16. Prefill: batch 8 x 2048 tokens, tokens/s.
+Decode: batch 1 with a 2048-token KV cache, ms/token, each step replayed from a CUDA graph (both variants), as
+serving engines run decode.
 """
 
 from __future__ import annotations
@@ -14,28 +13,15 @@ import torch.nn.functional as F
 from blockfp8.bench import results, shapes, timing
 
 
-class Fp8Linear(torch.nn.Module):
-    def __init__(self, w: torch.Tensor):
-        super().__init__()
-        from blockfp8.quant import reference as R
+def fp8_linear(w: torch.Tensor) -> torch.nn.Module:
+    """The shipped layer: ``BlockFP8Linear`` quantized from ``w`` with float32 block scales, its backend chosen by
+    the policy (no DeepGEMM: the comparison is with torch's blockwise scaled_mm and our Triton kernel)."""
+    from blockfp8.config import BlockFP8Config
+    from blockfp8.nn import BlockFP8Linear
 
-        self.n, self.k = w.shape
-        self.w_q, self.w_s = R.quantize_weight(w, (128, 128))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from blockfp8.backends import dispatch, triton_gemm, triton_quant
-        from blockfp8.bench.peers import scaled_mm_blockwise
-
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.k)
-        m = x2.shape[0]
-        if dispatch.pick(m, self.n, self.k, ("scaled_mm", "triton")) == "scaled_mm":
-            q, s = triton_quant.quantize_act(x2, 128, "float32", "mn_major", pad_m=4)
-            out = scaled_mm_blockwise(q, s, self.w_q, self.w_s)[:m]
-        else:
-            q, s = triton_quant.quantize_act(x2, 128, "float32")
-            out = triton_gemm.fp8_block_gemm(q, s, self.w_q, self.w_s)
-        return out.reshape(*lead, self.n)
+    linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+    linear.weight.data.copy_(w)
+    return BlockFP8Linear.from_linear(linear, BlockFP8Config(use_deep_gemm=False))
 
 
 class Bf16Linear(torch.nn.Module):
@@ -125,7 +111,7 @@ def bench_model(reps: int = 10, batch: int = 8, seq: int = 2048, ctx: int = 2048
     env = results.environment()
     rows = []
     meas: dict[str, dict[str, float]] = {}
-    for name, lin in (("bf16", Bf16Linear), ("blockfp8", Fp8Linear)):
+    for name, lin in (("bf16", Bf16Linear), ("blockfp8", fp8_linear)):
         torch.manual_seed(0)
         with torch.inference_mode():
             model = Decoder(cfg, lin, layers)

@@ -31,8 +31,9 @@ def _loop(x, w13, w2, tw, ids, gemm, quant):
 
 
 def bench_moe(tokens=shapes.MOE_TOKENS, reps: int = 20, log=print) -> list[dict]:
-    from blockfp8.backends import triton_moe, triton_quant
-    from blockfp8.bench.peers import scaled_mm_blockwise
+    from blockfp8.kernels.scaled_mm import blockwise_gemm, pad_weight_scale
+    from blockfp8.kernels.triton import act_quant as triton_quant
+    from blockfp8.kernels.triton import moe as triton_moe
     from blockfp8.quant import reference as R
     from blockfp8.quant.metrics import calc_diff
 
@@ -55,13 +56,13 @@ def bench_moe(tokens=shapes.MOE_TOKENS, reps: int = 20, log=print) -> list[dict]
 
         def sm_loop(x=x, tw=tw, ids=ids):
             return _loop(x, list(zip(q13, s13, strict=True)), list(zip(q2, s2, strict=True)), tw, ids,
-                         lambda a, w: scaled_mm_blockwise(a[0], a[1], w[0], w[1]),
+                         lambda a, w: blockwise_gemm(a[0], a[1], w[0], pad_weight_scale(w[1])),
                          lambda v: triton_quant.quantize_act(v, 128, "float32", "mn_major", pad_m=4))
 
         def bf16_loop(x=x, tw=tw, ids=ids):
             return _loop(x, w13, w2, tw, ids, lambda a, w: a @ w.t(), lambda v: v)
 
-        ref = triton_moe.moe_reference(x, q13, s13, q2, s2, tw, ids)
+        ref = R.moe_reference(x, q13, s13, q2, s2, tw, ids)
         for name, fn in (("triton_fused", fused), ("scaled_mm_loop", sm_loop)):
             d = calc_diff(fn().double(), ref.double())
             if not d < 1e-3:

@@ -14,7 +14,7 @@ def quant_bytes(m: int, k: int, in_bytes: int = 2) -> int:
 
 
 def bench_quant(shapes=QUANT_SHAPES, reps: int = 30, log=print) -> list[dict]:
-    from blockfp8.backends import triton_quant
+    from blockfp8.kernels.triton import act_quant as triton_quant
     from blockfp8.quant import reference
 
     env = results.environment()

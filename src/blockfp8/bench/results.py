@@ -5,36 +5,25 @@ from __future__ import annotations
 import csv
 import datetime
 import math
-import os
-import subprocess
 from pathlib import Path
+
+from blockfp8 import atomic
 
 FIELDS = ("bench", "m", "n", "k", "variant", "us", "tflops", "gbps", "speedup_vs_scaled_mm", "speedup_vs_bf16",
           "extra", "gpu", "torch", "cuda", "triton", "date", "commit")
 
 
 def environment() -> dict:
+    """The machine and code columns of FIELDS, from ``platform.run_environment``. ``date`` is a UTC timestamp to the
+    second rather than the day, so that the rows of several runs on one day keep their order."""
     import torch
 
-    try:
-        import triton
+    from blockfp8.platform import run_environment
 
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = ""
-    try:
-        root = Path(__file__).resolve().parents[3]
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=root, timeout=10).stdout.strip()
-        commit = (commit + ("+dirty" if dirty else "")) or os.environ.get("BLOCKFP8_COMMIT", "unknown")
-    except (OSError, subprocess.SubprocessError):
-        commit = os.environ.get("BLOCKFP8_COMMIT", "unknown")
+    env = run_environment("cuda" if torch.cuda.is_available() else "cpu", commit=True)
     return {
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda or "", "triton": triton_version,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": commit,
+        "gpu": env["gpu"] or "cpu", "torch": env["torch"], "cuda": env["cuda"], "triton": env["triton"],
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": env["commit"],
     }
 
 
@@ -45,18 +34,19 @@ def gpu_dirname(gpu: str) -> str:
 def append_csv(path: str | Path, rows: list[dict]) -> None:
     """Append rows (header written when the file is new); written to a temp file and renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.exists() else ""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        if old:
-            f.write(old)
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        if not old:
-            w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt(r.get(k, "")) for k in FIELDS})
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            if old:
+                f.write(old)
+            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+            if not old:
+                w.writeheader()
+            for r in rows:
+                w.writerow({k: _fmt(r.get(k, "")) for k in FIELDS})
+
+    atomic.write_with(path, write)
 
 
 def _fmt(v):
@@ -110,7 +100,5 @@ def plot_gemm(rows: list[dict], path: str | Path) -> bool:
     ax.set_ylabel("speed vs blockwise scaled_mm")
     ax.legend(fontsize=7, ncol=len(variants))
     fig.tight_layout()
-    tmp = Path(str(path) + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     return True

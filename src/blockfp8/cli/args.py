@@ -4,10 +4,11 @@ parsed namespace into library objects with the ``*_from_args`` helpers. Imports 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from blockfp8.audit.verdict import Thresholds
     from blockfp8.config import BlockFP8Config
 
 _TRISTATE_FLAG = {"auto": None, "on": True, "off": False}
@@ -47,17 +48,15 @@ def block_size(text: str) -> tuple[int, int]:
 
 
 def resolve_device(text: str, flag: str = "--device") -> str:
-    """``auto`` -> cuda when a GPU is there, else cpu; ``cpu``, ``cuda`` and ``cuda:N`` as given (a CUDA device
-    without a GPU is a usage error)."""
-    import torch
+    """``platform.resolve_device`` (``auto`` -> cuda when a GPU is there, else cpu; ``cpu``, ``cuda``, ``cuda:N``),
+    with a bad value or a CUDA device without a GPU turned into a usage error."""
+    from blockfp8.platform import DeviceError
+    from blockfp8.platform import resolve_device as resolve
 
-    if text in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if text != "cpu" and text != "cuda" and not (text.startswith("cuda:") and text[5:].isdigit()):
-        raise UsageError(f"{flag} {text!r}: expected auto, cpu, cuda or cuda:N")
-    if text.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"{flag} {text}: no CUDA GPU is available")
-    return text
+    try:
+        return resolve(text, flag)
+    except DeviceError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------------------------ config flags
@@ -99,3 +98,43 @@ def config_from_args(args: argparse.Namespace, base: BlockFP8Config | None = Non
     if getattr(args, "scale_fmt", "auto") != "auto":
         explicit["scale_fmt"] = args.scale_fmt
     return replace(base or BlockFP8Config(), **explicit)
+
+
+# ------------------------------------------------------------------------------------------------ audit flags
+
+
+def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--<threshold>`` flag per field of :class:`blockfp8.audit.verdict.Thresholds`, its help and default
+    read from the dataclass (a flag left out keeps the dataclass default)."""
+    from blockfp8.audit.verdict import Thresholds
+
+    defaults = Thresholds()
+    group = parser.add_argument_group("thresholds (defaults from our measurements: docs/audit.md)")
+    for f in fields(Thresholds):
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=float, default=None, metavar="X",
+                           help=f"{f.metadata['help']} (default {getattr(defaults, f.name):g})")
+
+
+def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
+    """The thresholds with every flag the user gave; a bad value is a usage error naming the threshold."""
+    from blockfp8.audit.verdict import Thresholds, VerdictError
+
+    given = {f.name: getattr(args, f.name) for f in fields(Thresholds) if getattr(args, f.name, None) is not None}
+    try:
+        return Thresholds(**given)
+    except VerdictError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Running a transformers model on text (``audit --model``, ``check``): window length, device, dtype, batch
+    size in tokens and bootstrap resamples."""
+    parser.add_argument("--seq-len", type=positive_int, default=128, metavar="L",
+                        help="tokens per text window (default 128)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="model dtype: auto = bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--batch-tokens", type=positive_int, default=2048, metavar="T",
+                        help="tokens per forward pass (default 2048)")
+    parser.add_argument("--bootstrap", type=positive_int, default=2000, metavar="B",
+                        help="bootstrap resamples (default 2000)")

@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from blockfp8.cli.args import UsageError
+    from blockfp8.datasets import DataError
     from blockfp8.eval.config import EvalConfigError, load_config
-    from blockfp8.eval.data import DataError
 
     for flag in ("limit", "batch_size"):
         value = getattr(args, flag)
@@ -62,10 +62,9 @@ def run(args: argparse.Namespace) -> int:
     table = markdown(results)
     print(table, end="")
     if args.markdown:
-        from pathlib import Path
+        from blockfp8 import atomic
 
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(table, encoding="utf-8")
+        atomic.write_text(args.markdown, table)
     if args.json:
         write_json(results, args.json)
     if args.samples:

@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-
-def _block(text: str) -> tuple[int, int]:
-    parts = text.replace("x", ",").split(",")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--block {text!r}: expected N,K (e.g. 128,128) or one integer") from None
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"--block {text!r}: expected two positive integers N,K (e.g. 128,128)")
-    return values[0], values[1]
+from blockfp8.cli.args import block_size
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", metavar="SRC", help="model folder: config.json + *.safetensors (single or sharded)")
     p.add_argument("dst", metavar="DST", help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--block", type=_block, default=(128, 128), metavar="N,K",
-                   help="weight block size (default 128,128)")
+    p.add_argument("--block", type=block_size, default=(128, 128), metavar="N,K",
+                   help="weight block size: N,K, NxK or one number for a square block (default 128,128)")
     p.add_argument("--scale-fmt", choices=("float32", "ue8m0"), default="float32",
                    help="block scale format: float32 (block max lands on 448) or ue8m0 (powers of two, written as "
                         "float32 values with scale_fmt: ue8m0 in the config); default float32")
@@ -49,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from blockfp8.cli.args import UsageError
     from blockfp8.formats import CheckpointError, quantize_checkpoint
-    from blockfp8.nn.quantize import ModelTensorSelector
+    from blockfp8.nn.load import ModelTensorSelector
 
     if not Path(args.src).is_dir():
         raise UsageError(f"SRC {args.src}: not a model folder (expected a folder with config.json and *.safetensors)")

@@ -20,8 +20,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from blockfp8.backends import dispatch, triton_gemm
+    from blockfp8.backends import tuned
     from blockfp8.bench import gemm, shapes
+    from blockfp8.platform import detect
 
     if not torch.cuda.is_available():
         print("blockfp8 tune: needs a CUDA GPU")
@@ -35,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"compile failed: {k}: {v}")
     gemm_table, dispatch_table, _ = gemm.tune(shapes.gemm_grid(ms, nks), reps=args.reps)
     out = Path(args.out_dir) if args.out_dir else Path(__file__).resolve().parents[1] / "data" / "tuned"
-    gpu = triton_gemm.gpu_key()
-    dispatch.merge_write(out / triton_gemm.TUNED_FILE, gpu, gemm_table)
-    dispatch.merge_write(out / dispatch.DISPATCH_FILE, gpu, dispatch_table)
-    print(f"wrote {out / triton_gemm.TUNED_FILE} and {out / dispatch.DISPATCH_FILE} for {gpu}")
+    gpu = tuned.platform_keys(detect())[0]
+    tuned.merge_write(out / tuned.TRITON_GEMM_FILE, gpu, gemm_table)
+    tuned.merge_write(out / tuned.DISPATCH_FILE, gpu, dispatch_table)
+    print(f"wrote {out / tuned.TRITON_GEMM_FILE} and {out / tuned.DISPATCH_FILE} for {gpu}")
     return 0

@@ -3,9 +3,10 @@
     from blockfp8.eval import load_config, evaluate
     results = evaluate(load_config("configs/smollm2-lambada.yaml"), device="cuda")
 
-Submodules: ``data`` (vendored files, checksums), ``tasks`` (prompts, answer extraction), ``config`` (YAML
-validation), ``generate`` (batched generation / scoring), ``stats`` (intervals, McNemar, bootstrap),
-``runner`` (variants and comparisons), ``report`` (JSON, markdown). Heavy imports happen on first use.
+The vendored data comes from ``blockfp8.datasets`` (shared with the audit). Submodules: ``tasks`` (prompts,
+answer extraction), ``config`` (YAML validation), ``generate`` (batched generation / scoring), ``stats``
+(intervals, McNemar, bootstrap), ``runner`` (variants and comparisons), ``report`` (JSON, markdown).
+Heavy imports happen on first use.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blockfp8.eval.data import DATA_FILES
+from blockfp8.datasets import DATA_FILES
 from blockfp8.eval.tasks import MAX_FEWSHOT
 
 TASKS = tuple(DATA_FILES)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
+
+from blockfp8 import atomic
 
 
 def split_samples(results: dict) -> dict[str, list[dict]]:
@@ -23,22 +24,19 @@ def dumps(obj) -> str:
 
 
 def write_json(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(obj) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, dumps(obj) + "\n")
 
 
 def write_samples(samples: dict[str, list[dict]], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for variant, rows in samples.items():
-            for row in rows:
-                f.write(json.dumps({"variant": variant, **row}) + "\n")
-    os.replace(tmp, path)
+    """One JSON line per generation / prediction, tagged with its variant."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for variant, rows in samples.items():
+                for row in rows:
+                    f.write(json.dumps({"variant": variant, **row}) + "\n")
+
+    atomic.write_with(path, write)
 
 
 def _pct(x: float) -> str:

@@ -8,9 +8,9 @@ import gc
 import time
 from collections.abc import Callable, Sequence
 
+from blockfp8.datasets import load_gsm8k, load_lambada
 from blockfp8.eval import stats
 from blockfp8.eval.config import EvalConfig, Variant
-from blockfp8.eval.data import load_gsm8k, load_lambada
 from blockfp8.eval.generate import Timing, generate_greedy, pad_id, score_continuations
 from blockfp8.eval.tasks import (
     GSM8K_STOP,
@@ -25,16 +25,6 @@ RESULT_SCHEMA = 1
 
 class EvalError(RuntimeError):
     """A variant could not be built or run; the message names the variant."""
-
-
-def choose_device(requested: str | None) -> str:
-    import torch
-
-    if requested in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise EvalError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-    return requested
 
 
 def _bits(values: Sequence[bool]) -> str:
@@ -90,8 +80,13 @@ def evaluate(
     """
     import torch
 
+    from blockfp8.platform import DeviceError, resolve_device
+
     log = log or (lambda msg: None)
-    device = choose_device(device)
+    try:
+        device = resolve_device(device)
+    except DeviceError as exc:  # the device cannot run this evaluation: a failed run, like a variant that fails
+        raise EvalError(str(exc)) from None
     n = min(cfg.num_questions, limit) if limit else cfg.num_questions
     bs = batch_size or cfg.batch_size
     variants = [v for v in cfg.variants if not only or v.name in only]
@@ -217,35 +212,15 @@ def compare(a: dict, b: dict, name_a: str, name_b: str, cfg: EvalConfig) -> dict
 
 
 def _environment(device: str, load_s: float) -> dict:
+    """``platform.run_environment`` plus the device label of the markdown heading (the GPU, else the CPU's name)
+    and the model's load time."""
     import platform as py_platform
 
-    import torch
+    from blockfp8.platform import run_environment
 
-    from blockfp8 import __version__
-
-    env = {
-        "blockfp8": __version__,
-        "python": py_platform.python_version(),
-        "torch": torch.__version__,
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else py_platform.processor() or "cpu",
-        "cpu_threads": torch.get_num_threads(),
-        "model_load_s": round(load_s, 3),
-    }
-    try:
-        import transformers
-
-        env["transformers"] = transformers.__version__
-    except ImportError:  # pragma: no cover - a model was loaded, so transformers is there
-        pass
-    if device == "cuda":
-        env["cuda"] = torch.version.cuda
-    try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = None
+    env = run_environment(device)
+    env["device_name"] = env["gpu"] or py_platform.processor() or "cpu"
+    env["model_load_s"] = round(load_s, 3)
     return env
 
 

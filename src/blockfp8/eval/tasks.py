@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from blockfp8.eval.data import FewShot
+from blockfp8.datasets import FewShot
 
 GSM8K_STOP = "Question"
 MAX_FEWSHOT = 8

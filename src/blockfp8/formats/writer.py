@@ -9,7 +9,7 @@ holds ``<prefix>.weight`` (F8_E4M3) + ``<prefix>.weight_scale_inv`` (F32) for ea
 generation config, ...). Everything is written to a temporary folder beside DST and renamed at the end; SRC
 is only read; on any error nothing is left at DST.
 
-Which tensors are quantized is the caller's decision (a :class:`TensorSelector`); ``blockfp8.nn.quantize``
+Which tensors are quantized is the caller's decision (a :class:`TensorSelector`); ``blockfp8.nn.load``
 builds one from the model's own module structure.
 """
 

@@ -1,7 +1,7 @@
 """BlockFP8Linear: ``out = x @ W.T (+ bias)`` with an FP8 weight in 2-D blocks and activations quantized on the
 fly in 1 x bk groups.
 
-Lifecycle (the seed's, vLLM's):
+Lifecycle (the steps of vLLM's FP8 linear method):
 
 1. ``create_weights`` (run by ``__init__``): ``weight`` FP8 ``[N, K]``, ``weight_scale_inv`` float32
    ``[ceil(N/bn), ceil(K/bk)]`` (the dequant multiplier, named as on disk), optional ``bias``.

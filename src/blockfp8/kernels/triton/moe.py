@@ -18,12 +18,13 @@ import functools
 
 import torch
 
+from blockfp8.kernels.triton import check_device
 from blockfp8.quant.reference import QuantError, cdiv
 
 
 @functools.cache
 def _kernel():
-    from blockfp8.backends import _triton_moe_kernels as k
+    from blockfp8.kernels.triton import _moe_kernels as k
 
     return k._fp8_moe_gemm_kernel
 
@@ -60,9 +61,7 @@ def grouped_gemm(a_q, a_scale, w_q, w_scale, sorted_ids, expert_ids, num_valid: 
                  block_m: int = 64, block_n: int = 128, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
     """``out[pair] = (a_q[pair // a_row_div] * a_scale) @ (w_q[e] * w_scale[e]).T`` for every routed pair,
     times ``topk_weights[pair]`` when given. ``w_q`` is ``[E, N, K]`` FP8, ``w_scale`` ``[E, N/bn, K/bk]``."""
-    from blockfp8.backends.triton_quant import check_device
-
-    check_device(a_q)
+    check_device(a_q.device)
     e, n, k = w_q.shape
     bn, bk = block_size
     if tuple(w_scale.shape) != (e, cdiv(n, bn), cdiv(k, bk)):
@@ -104,7 +103,7 @@ def fused_moe(
 ) -> torch.Tensor:
     """MoE forward for ``x[T, H]`` (see the module docstring). ``scale_fmt`` is the activations' scale format
     (the decision's ``act_scale_fmt``). Returns ``[T, H]`` in ``out_dtype`` (default x's dtype)."""
-    from blockfp8.backends import triton_quant
+    from blockfp8.kernels.triton import act_quant as triton_quant
 
     if x.dim() != 2:
         raise QuantError(f"moe input: expected [T, H], got shape {tuple(x.shape)}")
@@ -131,25 +130,3 @@ def fused_moe(
     grouped_gemm(a_q, a_s, w2_q, w2_scale, sorted_ids, expert_ids, n_pairs, 1, out, topk_weights.float(),
                  block_size, bm)
     return out.view(t, top_k, h).sum(dim=1).to(out_dtype)
-
-
-def moe_reference(x, w13_q, w13_scale, w2_q, w2_scale, topk_weights, topk_ids, block_size=(128, 128),
-                  scale_fmt: str = "float32") -> torch.Tensor:
-    """The same computation, expert by expert, with ``quant.reference`` (float32 result): the check for
-    ``fused_moe`` and the shape of a per-expert loop."""
-    from blockfp8.quant import reference as R
-
-    t, h = x.shape
-    i = w2_q.shape[2]
-    out = torch.zeros((t, h), dtype=torch.float32, device=x.device)
-    x_q, x_s = R.quantize_act(x, block_size[1], scale_fmt)
-    for e in range(w13_q.shape[0]):
-        tok, slot = (topk_ids == e).nonzero(as_tuple=True)
-        if tok.numel() == 0:
-            continue
-        inter = R.gemm_reference(x_q[tok], x_s[tok], w13_q[e], w13_scale[e], block_size, torch.bfloat16)
-        act = (torch.nn.functional.silu(inter[:, :i].float()) * inter[:, i:].float()).to(torch.bfloat16)
-        a_q, a_s = R.quantize_act(act, block_size[1], scale_fmt)
-        y = R.gemm_reference(a_q, a_s, w2_q[e], w2_scale[e], block_size, torch.float32)
-        out.index_add_(0, tok, y * topk_weights[tok, slot].float()[:, None])
-    return out

@@ -1,0 +1,42 @@
+"""Activation quantization for the GPU backends that take scales in a layout of their own (``scaled_mm``,
+``deepgemm``): one call gives ``(q, scale)`` in the scale format *and* layout the kernel takes, rows padded to
+``pad_m``. ``fused=True`` runs the fused Triton kernel (``kernels.triton.act_quant``); ``fused=False`` the
+reference quantizer plus the layout step of ``quant.layouts``. Both give the same bits (tests check it); which
+one runs is decided once per layer by the backend (``Decision.act_quantizer``), never probed here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from blockfp8.quant import reference as ref
+from blockfp8.quant.layouts import ScaleFmt, ScaleLayout, to_layout
+
+
+def quantize_act(x: torch.Tensor, group_size: int = 128, scale_fmt: ScaleFmt | str = ScaleFmt.FLOAT32,
+                 layout: ScaleLayout | str = ScaleLayout.ROW_MAJOR, *, pad_m: int = 1,
+                 fp8_dtype: torch.dtype = torch.float8_e4m3fn, fused: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scale)`` like ``kernels.triton.act_quant.quantize_act``: 2-D ``[M_pad, K]`` for a non-row-major
+    layout or ``pad_m > 1``; padding rows are zeros with finite scales."""
+    layout = ScaleLayout.parse(layout)
+    if fused:
+        from blockfp8.kernels.triton import act_quant
+
+        return act_quant.quantize_act(x, group_size, scale_fmt, layout, pad_m=pad_m, fp8_dtype=fp8_dtype)
+    if layout is ScaleLayout.ROW_MAJOR and pad_m == 1:
+        return ref.quantize_act(x, group_size, str(scale_fmt), fp8_dtype=fp8_dtype)
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    m_pad = ref.cdiv(m, pad_m) * pad_m
+    if m_pad != m:
+        x2 = torch.cat([x2, x2.new_zeros((m_pad - m, k))])
+    q, s = ref.quantize_act(x2, group_size, str(scale_fmt), fp8_dtype=fp8_dtype)
+    return q, to_layout(s, layout)
+
+
+def fused_quantizer_fits(group_size: int, fp8_dtype: str) -> bool:
+    """Whether the fused Triton quantizer can serve this layer (power-of-two groups >= 16, float8_e4m3fn out);
+    the backend also needs Triton on a CUDA device."""
+    return fp8_dtype == "float8_e4m3fn" and group_size >= 16 and not group_size & (group_size - 1)

@@ -1,0 +1,67 @@
+"""The one tuned-table reader: keys from the Platform (GPU name, then SM family; none when planned), nearest bucket
+at or below, dispatch only among the decision's candidates, Triton configs for every bucket, atomic merge."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from blockfp8.backends import tuned
+from blockfp8.platform import detect
+
+H100 = dataclasses.replace(detect("sm_90"), gpu_name="NVIDIA H100 80GB HBM3", simulated=False)
+TABLE = {"GPU": {"2112,7168": {"1": {"backend": "triton"}, "4096": {"backend": "scaled_mm"}}}}
+
+
+def test_platform_keys_name_then_family_and_none_when_planned():
+    assert tuned.platform_keys(H100) == ("NVIDIA_H100_80GB_HBM3", "sm90")
+    assert tuned.platform_keys(detect("sm_90")) == (), "a BLOCKFP8_ARCH plan has no measured table"
+    assert tuned.platform_keys(dataclasses.replace(H100, capability=None)) == (), "a CPU has no table"
+
+
+def test_dispatch_picks_only_among_candidates(tmp_path):
+    pick = tuned.dispatch_backend
+    assert pick(("GPU",), 1, 2112, 7168, ("scaled_mm", "triton"), table=TABLE) == "triton"
+    assert pick(("GPU",), 3, 2112, 7168, ("scaled_mm", "triton"), table=TABLE) == "triton"  # bucket 16 -> 1
+    assert pick(("GPU",), 8192, 2112, 7168, ("scaled_mm", "triton"), table=TABLE) == "scaled_mm"
+    # the table's choice is not allowed by the decision: the policy's first candidate
+    assert pick(("GPU",), 1, 2112, 7168, ("deepgemm", "scaled_mm"), table=TABLE) == "deepgemm"
+    # unknown shape or GPU: the policy's first candidate
+    assert pick(("GPU",), 1, 7, 7, ("scaled_mm", "triton"), table=TABLE) == "scaled_mm"
+    assert pick(("other",), 1, 2112, 7168, ("triton",), table=TABLE) == "triton"
+    # the SM-family entry serves a GPU nobody tuned for
+    assert pick(("other", "GPU"), 1, 2112, 7168, ("scaled_mm", "triton"), table=TABLE) == "triton"
+    with pytest.raises(ValueError, match="no candidate"):
+        pick(("GPU",), 1, 2112, 7168, (), table=TABLE)
+
+
+def test_triton_configs_cover_every_bucket_with_the_nearest_below():
+    table = {"sm90": {"576,7168": {"1": {"BLOCK_M": 16}, "64": {"BLOCK_M": 64}, "4096": {"BLOCK_M": 128}}}}
+    configs = tuned.triton_configs(("NVIDIA_H200", "sm90"), 576, 7168, table=table)
+    assert set(configs) == set(tuned.M_BUCKETS)
+    assert [configs[b]["BLOCK_M"] for b in (1, 16, 32, 64, 128, 2048, 4096, 8192)] == [16, 16, 16, 64, 64, 64, 128,
+                                                                                       128]
+    assert tuned.triton_configs(("NVIDIA_H200",), 576, 7168, table=table) == {}
+    assert tuned.nearest_bucket({16: 0, 64: 0}, 1) == 16, "below the smallest bucket: the smallest"
+
+
+def test_merge_write_keeps_other_buckets(tmp_path):
+    path = tmp_path / "d.json"
+    tuned.merge_write(path, "GPU", {"576,7168": {"1": {"backend": "triton"}}})
+    tuned.merge_write(path, "GPU", {"576,7168": {"16": {"backend": "scaled_mm"}}})
+    assert set(json.loads(path.read_text())["GPU"]["576,7168"]) == {"1", "16"}
+    assert [p.name for p in tmp_path.iterdir()] == ["d.json"], "no temporary file left behind"
+
+
+def test_shipped_tables_are_consistent():
+    gemm_table = tuned.load(tuned.TRITON_GEMM_FILE)
+    disp = tuned.load(tuned.DISPATCH_FILE)
+    assert disp, "the shipped dispatch table is empty"
+    for gpu, per in disp.items():
+        for nk, buckets in per.items():
+            for b, entry in buckets.items():
+                assert entry["backend"] in ("triton", "scaled_mm", "deepgemm"), (gpu, nk, b)
+                if entry["backend"] == "triton":
+                    assert b in gemm_table[gpu][nk], f"dispatch picks triton without a tuned config: {gpu} {nk} {b}"

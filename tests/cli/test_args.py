@@ -1,0 +1,76 @@
+"""The shared flag groups and value parsers of blockfp8.cli.args."""
+
+import argparse
+from dataclasses import fields
+
+import pytest
+import torch
+
+from blockfp8 import platform
+from blockfp8.audit.verdict import Thresholds
+from blockfp8.cli.args import (
+    UsageError,
+    add_model_arguments,
+    add_threshold_arguments,
+    block_size,
+    positive_int,
+    resolve_device,
+    thresholds_from_args,
+)
+
+
+def test_cli_threshold_defaults_are_the_documented_ones():
+    p = argparse.ArgumentParser()
+    add_threshold_arguments(p)
+    names = {f.name for f in fields(Thresholds)}
+    helps = {a.dest: a.help for a in p._actions if a.dest in names}
+    assert set(helps) == names
+    for name, value in Thresholds().as_dict().items():
+        assert f"(default {value:g})" in helps[name], name
+
+
+def test_thresholds_from_flags():
+    p = argparse.ArgumentParser()
+    add_threshold_arguments(p)
+    assert thresholds_from_args(p.parse_args([])) == Thresholds()
+    got = thresholds_from_args(p.parse_args(["--layer-bits-lost", "5", "--kl-increase", "0.5"]))
+    assert got == Thresholds(layer_bits_lost=5, kl_increase=0.5)
+    with pytest.raises(UsageError, match="unsafe_layer_share"):
+        thresholds_from_args(p.parse_args(["--unsafe-layer-share", "2"]))
+
+
+@pytest.mark.parametrize("text,want", [("128", (128, 128)), ("128x64", (128, 64)), ("64,128", (64, 128)),
+                                       ("1X128", (1, 128))])
+def test_block_size_grammar(text, want):
+    assert block_size(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "0", "128,0", "a,b", "1,2,3", "-128"])
+def test_bad_block_sizes_are_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="block size"):
+        block_size(text)
+
+
+def test_positive_int_and_model_flags():
+    assert positive_int("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="positive"):
+        positive_int("0")
+    p = argparse.ArgumentParser()
+    add_model_arguments(p)
+    args = p.parse_args([])
+    assert (args.seq_len, args.device, args.dtype, args.batch_tokens, args.bootstrap) == (128, "auto", "auto", 2048,
+                                                                                          2000)
+
+
+def test_resolve_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(UsageError, match=r"^--device cuda:0: no CUDA GPU is available$"):
+        resolve_device("cuda:0")
+    with pytest.raises(UsageError, match=r"^--device 'gpu': expected auto, cpu, cuda or cuda:N$"):
+        resolve_device("gpu")
+    with pytest.raises(platform.DeviceError, match="--where 'cudax'"):  # the library error is a ValueError
+        platform.resolve_device("cudax", flag="--where")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+    assert issubclass(platform.DeviceError, ValueError)
