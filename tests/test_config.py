@@ -108,3 +108,13 @@ def test_audit_verdict_validation():
         AuditVerdict(ue8m0_ok=False, evidence=" ")
     with pytest.raises(ConfigError, match="ue8m0_ok"):
         AuditVerdict(ue8m0_ok="no", evidence="x")
+
+
+def test_hf_config_facts_from_text_config_or_top_level():
+    from blockfp8.formats.hf_config import hidden_size, num_experts
+
+    wrapped = {"model_type": "qwen3_5_moe", "text_config": {"model_type": "qwen3_5_moe_text", "hidden_size": 2048,
+                                                            "num_experts": 256}}
+    assert hidden_size(wrapped) == 2048 and num_experts(wrapped) == 256
+    assert hidden_size({"hidden_size": 576}) == 576 and num_experts({"n_routed_experts": 64}) == 64
+    assert hidden_size({}) is None and num_experts({"num_local_experts": True}) == 0

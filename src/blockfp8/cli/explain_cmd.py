@@ -91,9 +91,8 @@ def _with_audit(config: BlockFP8Config, report: str) -> BlockFP8Config:
 def _layer(args: argparse.Namespace, hf_config: dict) -> tuple[int, int, int, bool]:
     """N, K and the expert count of the layer to plan for (flags, else the checkpoint, else the defaults), and
     whether the model has MoE layers."""
-    from blockfp8.formats.hf_config import has_experts, num_experts
+    from blockfp8.formats.hf_config import has_experts, hidden_size, num_experts
 
-    text = hf_config.get("text_config") or hf_config
-    hidden = text.get("hidden_size", DEFAULT_HIDDEN)
+    hidden = hidden_size(hf_config) or DEFAULT_HIDDEN
     experts = num_experts(hf_config) or DEFAULT_EXPERTS
     return args.n or hidden, args.k or hidden, experts, bool(args.moe or has_experts(hf_config))

@@ -81,6 +81,15 @@ def num_experts(config: Any) -> int:
     return max((int(c) for c in counts if isinstance(c, int) and not isinstance(c, bool)), default=0)
 
 
+def hidden_size(config: Any) -> int | None:
+    """The language model's hidden size (``text_config.hidden_size`` for multimodal wrappers), None when absent."""
+    for scope in (_field(config, "text_config"), config):
+        value = _field(scope, "hidden_size") if scope is not None else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def has_experts(config: Any) -> bool:
     """Whether the config describes an MoE model (more than one routed expert)."""
     return num_experts(config) > 1
