@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import pytest
 
-from blockfp8.cli.args import add_config_arguments, config_from_args
 from blockfp8.config import AuditVerdict, BlockFP8Config, ConfigError
-from blockfp8.formats.hf_config import block_config, has_experts, text_model_type
 
 DEEPSEEK_QC = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
 
@@ -70,16 +67,6 @@ def test_from_hf_quant_config_errors_name_the_field(qc, field):
         BlockFP8Config.from_hf_quant_config(qc)
 
 
-def test_from_hf_config_uses_the_text_model_type():
-    cfg = {"model_type": "qwen3_5_moe", "text_config": {"model_type": "qwen3_5_moe_text", "num_experts": 256},
-           "quantization_config": DEEPSEEK_QC}
-    assert text_model_type(cfg) == "qwen3_5_moe_text" and has_experts(cfg)
-    assert block_config(cfg).model_type == "qwen3_5_moe_text"
-    assert not has_experts({"model_type": "llama"})
-    with pytest.raises(ConfigError, match="no quantization_config"):
-        block_config({"model_type": "llama"})
-
-
 def test_deep_gemm_knob_moe_falls_back_to_global():
     c = BlockFP8Config(use_deep_gemm=False)
     assert c.deep_gemm_knob("moe") == (False, "use_deep_gemm")
@@ -88,33 +75,9 @@ def test_deep_gemm_knob_moe_falls_back_to_global():
                                                                      (True, "moe_use_deep_gemm"))
 
 
-def test_cli_flags_only_override_what_was_given():
-    p = argparse.ArgumentParser()
-    add_config_arguments(p)
-    base = BlockFP8Config(model_type="deepseek_v3", scale_fmt="ue8m0", ignored_layers=("lm_head",))
-    assert config_from_args(p.parse_args([]), base) == base
-    args = p.parse_args(["--use-deep-gemm", "off", "--moe-use-deep-gemm", "on", "--linear-backend", "triton",
-                         "--scale-fmt", "float32", "--model-type", "llama"])
-    c = config_from_args(args, base)
-    assert (c.use_deep_gemm, c.moe_use_deep_gemm, c.linear_backend, c.moe_backend, c.scale_fmt, c.model_type,
-            c.ignored_layers) == (False, True, "triton", "auto", "float32", "llama", ("lm_head",))
-    with pytest.raises(SystemExit):
-        p.parse_args(["--use-deep-gemm", "maybe"])
-
-
 def test_audit_verdict_validation():
     assert AuditVerdict(ue8m0_ok=False, evidence="0.4 bit lost").model_type is None
     with pytest.raises(ConfigError, match="evidence"):
         AuditVerdict(ue8m0_ok=False, evidence=" ")
     with pytest.raises(ConfigError, match="ue8m0_ok"):
         AuditVerdict(ue8m0_ok="no", evidence="x")
-
-
-def test_hf_config_facts_from_text_config_or_top_level():
-    from blockfp8.formats.hf_config import hidden_size, num_experts
-
-    wrapped = {"model_type": "qwen3_5_moe", "text_config": {"model_type": "qwen3_5_moe_text", "hidden_size": 2048,
-                                                            "num_experts": 256}}
-    assert hidden_size(wrapped) == 2048 and num_experts(wrapped) == 256
-    assert hidden_size({"hidden_size": 576}) == 576 and num_experts({"n_routed_experts": 64}) == 64
-    assert hidden_size({}) is None and num_experts({"num_local_experts": True}) == 0

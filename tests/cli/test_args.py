@@ -10,13 +10,16 @@ from blockfp8 import platform
 from blockfp8.audit.verdict import Thresholds
 from blockfp8.cli.args import (
     UsageError,
+    add_config_arguments,
     add_model_arguments,
     add_threshold_arguments,
     block_size,
+    config_from_args,
     positive_int,
     resolve_device,
     thresholds_from_args,
 )
+from blockfp8.config import BlockFP8Config
 
 
 def test_cli_threshold_defaults_are_the_documented_ones():
@@ -74,3 +77,17 @@ def test_resolve_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
     assert issubclass(platform.DeviceError, ValueError)
+
+
+def test_cli_flags_only_override_what_was_given():
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    base = BlockFP8Config(model_type="deepseek_v3", scale_fmt="ue8m0", ignored_layers=("lm_head",))
+    assert config_from_args(p.parse_args([]), base) == base
+    args = p.parse_args(["--use-deep-gemm", "off", "--moe-use-deep-gemm", "on", "--linear-backend", "triton",
+                         "--scale-fmt", "float32", "--model-type", "llama"])
+    c = config_from_args(args, base)
+    assert (c.use_deep_gemm, c.moe_use_deep_gemm, c.linear_backend, c.moe_backend, c.scale_fmt, c.model_type,
+            c.ignored_layers) == (False, True, "triton", "auto", "float32", "llama", ("lm_head",))
+    with pytest.raises(SystemExit):
+        p.parse_args(["--use-deep-gemm", "maybe"])
