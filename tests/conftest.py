@@ -12,6 +12,10 @@ settings.load_profile("ci")
 torch.set_num_threads(1)
 
 HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    # Triton's mode is process-wide and fixed when its first kernel is built: on a machine without CUDA every
+    # Triton kernel a test builds runs in the interpreter, whichever test happens to build one first.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -81,7 +81,7 @@ def test_fused_moe_matches_per_expert_reference(device, fmt, t):
 @torch.no_grad()
 def test_moe_layer_runs_the_fused_kernel(device, inter, fmt):
     """BlockFP8Experts through its triton MoE decision: one grouped launch (fused_moe), scales prepared once
-    (I % 128 != 0: halves padded to whole blocks), vs the same layer's per-expert reference path."""
+    (I % 128 != 0: halves padded to whole blocks), vs the same layer on the reference backend."""
     from blockfp8.config import BlockFP8Config
     from blockfp8.nn import BlockFP8Experts
     from blockfp8.platform import detect
@@ -99,9 +99,10 @@ def test_moe_layer_runs_the_fused_kernel(device, inter, fmt):
         cfg = BlockFP8Config(moe_backend=backend, scale_fmt=None if fmt == "float32" else fmt)
         return BlockFP8Experts.from_fused(gate_up.bfloat16(), down.bfloat16(), config=cfg, platform=plat)
 
-    fused, loop = layer("triton"), layer("reference")
+    fused, ref_layer = layer("triton"), layer("reference")
     p = fused.prepared_moe
-    assert p is not None and fused.prepared == [] and loop.prepared_moe is None
+    assert p is not None and fused.prepared == [] and p.backend == "triton"
+    assert ref_layer.prepared_moe.backend == "reference", "the reference MoE: expert by expert, in one operator"
     i_pad = -(-inter // 128) * 128
     assert p.intermediate == i_pad and tuple(p.w13.shape) == (e, 2 * i_pad, h) and tuple(p.w2.shape) == (e, h, i_pad)
     assert tuple(p.w13_scale.shape) == (e, 2 * i_pad // 128, h // 128)
@@ -113,7 +114,7 @@ def test_moe_layer_runs_the_fused_kernel(device, inter, fmt):
         assert fused.decisions["w13"].requant_weight_ue8m0 and bool(R.is_power_of_two(p.w13_scale).all())
     tw, ids = _routing(t, e, k, seed=inter, device=device)
     x = torch.randn(t, h, generator=g).to(device=device, dtype=torch.bfloat16)
-    got, want = fused(x, ids, tw), loop(x, ids, tw)
+    got, want = fused(x, ids, tw), ref_layer(x, ids, tw)
     assert got.dtype == x.dtype and torch.isfinite(got.float()).all()
     diff = calc_diff(got.double().cpu(), want.double().cpu())
     assert diff < E2E_CALC_DIFF, f"backend=triton moe layer fmt={fmt} T={t} E={e} k={k} H={h} I={inter}: {diff}"

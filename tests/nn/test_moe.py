@@ -142,7 +142,9 @@ def test_experts_errors():
         ex.load_expert(0, "gate", q, torch.ones(1, 1))
     block = _block("qwen3_moe", 5)
     moe = BlockFP8MoE.from_module(block)
-    with pytest.raises(ValueError, match="expert index 9 out of range"):
+    # The grouped path (the reference backend's too) checks routing on the device, without a host sync.
+    assert moe.experts.prepared_moe is not None
+    with pytest.raises(RuntimeError, match="expert index out of range"):
         moe.experts(torch.randn(2, 192), torch.tensor([[0], [9]]), torch.ones(2, 1))
     with pytest.raises(ValueError, match="top_k=9"):
         BlockFP8MoE(moe.experts, block.gate.weight, 9)
@@ -157,8 +159,8 @@ class _FakeGrouped:
         from blockfp8.backends.registry import get_backend
 
         self.name, self.calls, self.ref = BackendId.TRITON, calls, get_backend("reference")
+        self.moe_activations = ("silu",) if grouped else ()  # the reference itself offers a grouped MoE
         if grouped:
-            self.moe_activations = ("silu",)
             self.prepare_moe, self.moe = self._prepare_moe, self._moe
 
     def __getattr__(self, attr):  # the GEMM contract: the reference's, with the decision re-targeted
@@ -216,5 +218,11 @@ def test_real_backends_declare_the_grouped_capability():
     from blockfp8.backends.base import offers_grouped_moe
     from blockfp8.backends.registry import get_backend
 
-    assert offers_grouped_moe(get_backend("triton"))
-    assert not any(offers_grouped_moe(get_backend(b)) for b in ("reference", "scaled_mm", "deepgemm"))
+    assert offers_grouped_moe(get_backend("triton")) and offers_grouped_moe(get_backend("reference"))
+    assert not any(offers_grouped_moe(get_backend(b)) for b in ("scaled_mm", "deepgemm"))
+
+
+def test_reference_stays_the_last_resort_for_moe():
+    """The reference backend runs a MoE as one operator too, but it never outranks a GPU backend."""
+    assert select.preference_order("moe")[-1] == "reference"
+    assert select.preference_order("moe")[:2] == ("deepgemm", "triton")

@@ -247,3 +247,47 @@ def fused_act_quant_runs(platform: Platform, problem: GemmProblem) -> bool:
 
     usable = platform.device == "cuda" and platform.has("triton")
     return usable and fused_quantizer_fits(problem.block_size[1], problem.fp8_dtype)
+
+
+def stack_moe_weights(backend: BackendId, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
+                      w2_scale: torch.Tensor, decision: Decision, intermediate: int, block_size: tuple[int, int],
+                      activation: str) -> PreparedMoE:
+    """All experts' weights in the form a grouped MoE kernel takes, in the decision's scale format.
+
+    The MoE layer blocks gate and up separately (``w13_scale [E, 2 * ceil(I/bn), ...]``); a grouped kernel blocks
+    the stacked ``[E, 2I, H]`` rows as one matrix (``[E, ceil(2I/bn), ...]``). They agree when ``I % bn == 0`` and
+    the tensors are shared. Otherwise each half is padded with zero rows to ``I' = ceil(I/bn) * bn`` (then the
+    layer's scales are exactly the fused blocking) and ``w2`` with zero columns to ``I'`` (zero activations there
+    after SiLU-and-mul, and a group's amax is unchanged, so the result is the unpadded one). Done once, at load."""
+    import torch
+
+    from blockfp8.quant import reference as ref
+
+    bn, bk = block_size
+    e, two_i, h = w13.shape
+    if two_i != 2 * intermediate or tuple(w2.shape) != (e, h, intermediate):
+        raise ValueError(f"moe weights: w13 {tuple(w13.shape)} / w2 {tuple(w2.shape)} do not fit "
+                         f"intermediate size {intermediate}")
+    half_blocks = ref.cdiv(intermediate, bn)
+    want13 = (e, 2 * half_blocks, ref.cdiv(h, bk))
+    if tuple(w13_scale.shape) != want13:
+        raise ValueError(f"w13 scale: shape {tuple(w13_scale.shape)}, expected {want13} (halves blocked apart)")
+    i_pad = half_blocks * bn
+    if i_pad != intermediate:
+        pad = i_pad - intermediate
+        z13 = w13.new_zeros((e, pad, h))
+        w13 = torch.cat((w13[:, :intermediate], z13, w13[:, intermediate:], z13), dim=1)
+        w2 = torch.cat((w2, w2.new_zeros((e, h, pad))), dim=2)
+        groups = ref.cdiv(i_pad, bk) - w2_scale.shape[2]  # > 0 only when bk < bn: those columns are zero
+        if groups:
+            w2_scale = torch.nn.functional.pad(ref.scales_to_float32(w2_scale, "w2 scale"), (0, groups),
+                                               value=1.0)
+    w13_scale = ref.scales_to_float32(w13_scale, "w13 scale")
+    w2_scale = ref.scales_to_float32(w2_scale, "w2 scale")
+    if decision.requant_weight_ue8m0:  # the kernel needs UE8M0: requant expert by expert, on new tensors
+        p13 = [scales_for_decision(w13[x], w13_scale[x], decision, block_size) for x in range(e)]
+        p2 = [scales_for_decision(w2[x], w2_scale[x], decision, block_size) for x in range(e)]
+        w13, w13_scale = torch.stack([p[0] for p in p13]), torch.stack([p[1] for p in p13])
+        w2, w2_scale = torch.stack([p[0] for p in p2]), torch.stack([p[1] for p in p2])
+    return PreparedMoE(backend, w13, w13_scale.contiguous(), w2, w2_scale.contiguous(), i_pad, tuple(block_size),
+                       activation)

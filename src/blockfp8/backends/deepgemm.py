@@ -82,22 +82,22 @@ class DeepGemmBackend:
         if decision.weight_scale_layout is ScaleLayout.PACKED_UE8M0:
             # SM100 takes one scale per weight row and 128-K group: the 128-row blocks broadcast, then packed.
             scale = pack_ue8m0_per_row(scale, w_q.shape[0], block_size[0])
-        module, why = dg.load()  # once here: the forward pass calls the module it is handed
+        module, why = dg.load_cached()  # the operator calls the same module; a broken install fails here, at load
         if module is None:
             raise RuntimeError(f"deepgemm backend: {why}")
         return PreparedWeight(self.name, weight, scale, checkpoint_weight=w_q, checkpoint_scale=checkpoint_scale,
-                              block_size=tuple(block_size), extra={"module": module})
+                              block_size=tuple(block_size))
 
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        from blockfp8.kernels import act_quant
+        from blockfp8.kernels.ops import ops
 
         # The scales go straight into this family's layout: MN-major float32 (SM90) or packed UE8M0 (SM100).
         check_decision_for(decision, self.name)
-        return act_quant.quantize_act(x, group_size, decision.act_scale_fmt, decision.act_scale_layout,
-                                      fp8_dtype=getattr(torch, decision.fp8_dtype),
-                                      fused=decision.fused_act_quant)
+        return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value,
+                                decision.act_scale_layout.value, 1, getattr(torch, decision.fp8_dtype),
+                                decision.fused_act_quant)
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -105,5 +105,7 @@ class DeepGemmBackend:
 
         if out_dtype != torch.bfloat16:
             raise ValueError(f"out_dtype={out_dtype}: DeepGEMM writes bfloat16 only")
-        out = dg.gemm(prepared.extra["module"], x_q, x_scale, prepared.weight, prepared.scale)
+        from blockfp8.kernels.ops import ops
+
+        out = ops.gemm_deepgemm(x_q, x_scale, prepared.weight, prepared.scale)
         return out if bias is None else out + bias

@@ -12,11 +12,13 @@ from blockfp8.backends.base import (
     BackendId,
     Decision,
     GemmProblem,
+    PreparedMoE,
     PreparedWeight,
     ScaleFmt,
     ScaleLayout,
     check_decision_for,
     scales_for_decision,
+    stack_moe_weights,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ _OUT_DTYPES = ("bfloat16", "float16", "float32")
 
 class ReferenceBackend:
     name: ClassVar[BackendId] = BackendId.REFERENCE
+    moe_activations: ClassVar[tuple[str, ...]] = ("silu",)  # grouped MoE: quant.reference.moe_reference
 
     def is_supported(self, platform: Platform) -> tuple[bool, str]:
         return True, "pure torch, runs on any device"
@@ -58,14 +61,36 @@ class ReferenceBackend:
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        from blockfp8.quant import reference as ref
+        from blockfp8.kernels.ops import ops
 
         check_decision_for(decision, self.name)
-        return ref.quantize_act(x, group_size, str(decision.act_scale_fmt),
-                                fp8_dtype=getattr(torch, decision.fp8_dtype))
+        return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value, "row_major", 1,
+                                getattr(torch, decision.fp8_dtype), False)
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:
-        from blockfp8.quant import reference as ref
+        from blockfp8.kernels.ops import ops
 
-        return ref.gemm_reference(x_q, x_scale, prepared.weight, prepared.scale, prepared.block_size, out_dtype, bias)
+        bn, bk = prepared.block_size
+        return ops.gemm_reference(x_q, x_scale, prepared.weight, prepared.scale, bn, bk, out_dtype, bias)
+
+    # ------------------------------------------------------------------ grouped MoE (GroupedMoEBackend)
+    def prepare_moe(self, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor, w2_scale: torch.Tensor,
+                    decision: Decision, intermediate: int, block_size: tuple[int, int],
+                    activation: str = "silu") -> PreparedMoE:
+        check_decision_for(decision, self.name)
+        if activation not in self.moe_activations:
+            raise ValueError(f"reference MoE computes {', '.join(self.moe_activations)}, not {activation!r}")
+        return stack_moe_weights(self.name, w13, w13_scale, w2, w2_scale, decision, intermediate, block_size,
+                                 activation)
+
+    def moe(self, x: torch.Tensor, prepared: PreparedMoE, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+            decision: Decision) -> torch.Tensor:
+        """The whole MoE as one operator (``quant.reference.moe_reference``): expert by expert inside, so it
+        syncs with the host (a reference, not for CUDA graphs), but ``torch.compile`` sees one call."""
+        from blockfp8.kernels.ops import ops
+
+        check_decision_for(decision, self.name)
+        bn, bk = prepared.block_size
+        return ops.moe_reference(x, prepared.w13, prepared.w13_scale, prepared.w2, prepared.w2_scale, topk_weights,
+                                 topk_ids, bn, bk, decision.act_scale_fmt.value, x.dtype)

@@ -80,20 +80,19 @@ class ScaledMMBackend:
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        from blockfp8.kernels import act_quant
+        from blockfp8.kernels.ops import ops
         from blockfp8.kernels.scaled_mm import M_ALIGN
 
         # M-major scales written directly, rows padded to a multiple of 4 in the storage behind the returned
         # [M, ...] views, so the GEMM reaches the padded rows without a copy.
         check_decision_for(decision, self.name)
-        m = x.reshape(-1, x.shape[-1]).shape[0]
-        x_q, scale = act_quant.quantize_act(x, group_size, decision.act_scale_fmt, decision.act_scale_layout,
-                                            pad_m=M_ALIGN, fp8_dtype=getattr(torch, decision.fp8_dtype),
-                                            fused=decision.fused_act_quant)
-        return x_q[:m], scale[:m]
+        x2 = x.reshape(-1, x.shape[-1])
+        x_q, scale = ops.quantize_act(x2, group_size, decision.act_scale_fmt.value, decision.act_scale_layout.value,
+                                      M_ALIGN, getattr(torch, decision.fp8_dtype), decision.fused_act_quant)
+        return x_q[:x2.shape[0]], scale[:x2.shape[0]]
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:
-        from blockfp8.kernels.scaled_mm import blockwise_gemm
+        from blockfp8.kernels.ops import ops
 
-        return blockwise_gemm(x_q, x_scale, prepared.weight, prepared.scale, out_dtype, bias)
+        return ops.gemm_scaled_mm(x_q, x_scale, prepared.weight, prepared.scale, out_dtype, bias)

@@ -225,9 +225,9 @@ def preference_order(kind: str) -> tuple[BackendId, ...]:
     comes before one that loops over experts: on Hopper that puts Triton's fused MoE ahead of scaled_mm."""
     if kind != "moe":
         return PREFERENCE_ORDER
-    rest = [b for b in PREFERENCE_ORDER if b is not BackendId.DEEPGEMM]
+    rest = [b for b in PREFERENCE_ORDER if b not in (BackendId.DEEPGEMM, BackendId.REFERENCE)]
     rest.sort(key=lambda b: not offers_grouped_moe(get_backend(b)))  # stable: keeps the order within each group
-    return (BackendId.DEEPGEMM, *rest)
+    return (BackendId.DEEPGEMM, *rest, BackendId.REFERENCE)  # the reference is the last resort, grouped or not
 
 
 def _dispatch_plan(problem: GemmProblem, platform: Platform, candidates: tuple[BackendId, ...],

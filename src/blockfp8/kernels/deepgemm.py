@@ -13,6 +13,7 @@ What ``deep_gemm.fp8_gemm_nt((a, sfa), (b, sfb), out)`` takes (DeepGEMM's ``tran
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from types import ModuleType
@@ -31,6 +32,12 @@ def load() -> tuple[ModuleType | None, str]:
         return importlib.import_module("deep_gemm"), ""
     except Exception as exc:  # a broken build raises anything from ImportError to OSError
         return None, f"deep_gemm is installed but does not import ({type(exc).__name__}: {exc})"
+
+
+@functools.cache
+def load_cached() -> tuple[ModuleType | None, str]:
+    """:func:`load` once per process: what the ``gemm_deepgemm`` operator calls on every launch."""
+    return load()
 
 
 def gemm(module: ModuleType, x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,

@@ -358,10 +358,12 @@ def gemm_reference(
 
 
 def moe_reference(x, w13_q, w13_scale, w2_q, w2_scale, topk_weights, topk_ids, block_size=(128, 128),
-                  scale_fmt: str = "float32") -> torch.Tensor:
+                  scale_fmt: str = "float32", act_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """A block-FP8 MoE expert by expert (float32 result ``[T, H]``): ``sum_j topk_weights[t, j] * W2[e_j] @
     silu_and_mul(W13[e_j] @ x[t])`` with ``W13[e] = [gate; up]`` ``[E, 2I, H]``, ``W2`` ``[E, H, I]``, both
-    activations quantized in 1 x ``block_size[1]`` groups. What every fused MoE kernel is checked against."""
+    activations quantized in 1 x ``block_size[1]`` groups, the gate/up product and SiLU-and-mul held in
+    ``act_dtype`` (bf16 like the fused kernels; a float32 layer keeps float32). What every fused MoE kernel is checked
+    against."""
     t, h = x.shape
     i = w2_q.shape[2]
     out = torch.zeros((t, h), dtype=torch.float32, device=x.device)
@@ -370,8 +372,8 @@ def moe_reference(x, w13_q, w13_scale, w2_q, w2_scale, topk_weights, topk_ids, b
         tok, slot = (topk_ids == e).nonzero(as_tuple=True)
         if tok.numel() == 0:
             continue
-        inter = gemm_reference(x_q[tok], x_s[tok], w13_q[e], w13_scale[e], block_size, torch.bfloat16)
-        act = (torch.nn.functional.silu(inter[:, :i].float()) * inter[:, i:].float()).to(torch.bfloat16)
+        inter = gemm_reference(x_q[tok], x_s[tok], w13_q[e], w13_scale[e], block_size, act_dtype)
+        act = (torch.nn.functional.silu(inter[:, :i].float()) * inter[:, i:].float()).to(act_dtype)
         a_q, a_s = quantize_act(act, block_size[1], scale_fmt)
         y = gemm_reference(a_q, a_s, w2_q[e], w2_scale[e], block_size, torch.float32)
         out.index_add_(0, tok, y * topk_weights[tok, slot].float()[:, None])

@@ -68,6 +68,36 @@ def default_config(m: int, n: int, k: int, sms: int = 132, cuda: bool = True) ->
             "num_warps": 8, "num_stages": 4, "persistent": True}
 
 
+# The tile config as the ``gemm_triton`` operator carries it: a list of ints in this order (operators take no dicts).
+CONFIG_KEYS = ("kernel", "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "GROUP_M", "num_warps", "num_stages",
+               "persistent", "K_UNROLL")
+_KERNEL_IDS = {"ptr": 0, "tma": 1}
+# What the launcher assumes for a key a config leaves out, per kernel.
+_CONFIG_DEFAULTS = {
+    "ptr": {"SPLIT_K": 1, "GROUP_M": 8, "num_warps": 4, "num_stages": 3, "persistent": True, "K_UNROLL": 1},
+    "tma": {"SPLIT_K": 1, "GROUP_M": 8, "num_warps": 8, "num_stages": 4, "persistent": True, "K_UNROLL": 1},
+}
+
+
+def encode_config(config: dict | None) -> list[int]:
+    """A config dict as the operator's ``int[]`` (empty: use :func:`default_config` at launch)."""
+    if not config:
+        return []
+    kernel = config.get("kernel", "ptr")
+    full = {**_CONFIG_DEFAULTS[kernel], "kernel": kernel, **config}
+    return [_KERNEL_IDS[full["kernel"]] if k == "kernel" else int(full[k]) for k in CONFIG_KEYS]
+
+
+def decode_config(values) -> dict | None:
+    """Inverse of :func:`encode_config`."""
+    if not values:
+        return None
+    config = dict(zip(CONFIG_KEYS, (int(v) for v in values), strict=True))
+    config["kernel"] = {v: k for k, v in _KERNEL_IDS.items()}[config["kernel"]]
+    config["persistent"] = bool(config["persistent"])
+    return config
+
+
 # --------------------------------------------------------------------------------------------- launcher
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
