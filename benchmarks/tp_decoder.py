@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from blockfp8.bench import results
-from blockfp8.bench.model import _rope, rope_tables
+from blockfp8.bench.decoders import _rope, rope_tables
 from blockfp8.bench.shapes import QWEN3_8B
 from blockfp8.config import BlockFP8Config
 from blockfp8.nn import BlockFP8Linear

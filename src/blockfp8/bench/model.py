@@ -1,147 +1,103 @@
-"""`blockfp8 bench model`: a Qwen3-8B-shaped decoder (config numbers, random weights), its linears the library's
-``BlockFP8Linear`` (automatic choice: per-shape dispatch between blockwise scaled_mm and our Triton kernel,
-activations quantized by our Triton quantizer) vs the same model in bf16. Prefill: batch 8 x 2048 tokens, tokens/s.
-Decode: batch 1 with a 2048-token KV cache, ms/token, each step replayed from a CUDA graph (both variants), as
-serving engines run decode.
+"""`blockfp8 bench model`: what users run, bf16 against blockfp8 in one run on one GPU.
+
+Two decoders built from configs with random weights (``bench.decoders``; a few layers are enough, every layer is
+alike): a Qwen3-8B-shaped dense one and a Qwen3-30B-A3B-shaped MoE one. Each runs in three modes:
+
+* ``eager``: the model called as it is;
+* ``compile``: ``torch.compile(model, fullgraph=True)`` (a graph break is an error);
+* ``graph``: the compiled model captured once in a CUDA graph and replayed, as serving engines run decode.
+
+Phases: decode (one new token per sequence against a KV cache of ``ctx`` tokens) at several batch sizes, and
+prefill of a whole prompt. Each cell is the wall time per forward pass (host loop, synchronised at the end, after
+warm-up), reported as tokens per second; ``speedup_vs_bf16`` compares the same model, mode, phase and batch.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 
-from blockfp8.bench import results, shapes, timing
+from blockfp8.bench import decoders, results, shapes
 
-
-def fp8_linear(w: torch.Tensor) -> torch.nn.Module:
-    """The shipped layer: ``BlockFP8Linear`` quantized from ``w`` with float32 block scales, its backend chosen by
-    the policy (no DeepGEMM: the comparison is with torch's blockwise scaled_mm and our Triton kernel)."""
-    from blockfp8.config import BlockFP8Config
-    from blockfp8.nn import BlockFP8Linear
-
-    linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
-    linear.weight.data.copy_(w)
-    return BlockFP8Linear.from_linear(linear, BlockFP8Config(use_deep_gemm=False))
+MODELS = {"qwen3-8b": shapes.QWEN3_8B, "qwen3-30b-a3b": shapes.QWEN3_30B_A3B}
+MODES = ("eager", "compile", "graph")
+DECODE_BATCHES = (1, 8, 64)
+PREFILL_TOKENS = (2048, 8192)
+FIELDS = ("model", "mode", "phase", "batch", "tokens", "variant", "layers", "ms", "tokens_per_s", "speedup_vs_bf16",
+          "gpu", "torch", "cuda", "triton", "date", "commit")
 
 
-class Bf16Linear(torch.nn.Module):
-    def __init__(self, w: torch.Tensor):
-        super().__init__()
-        self.w = w
-
-    def forward(self, x):
-        return x @ self.w.t()
-
-
-def rope_tables(pos, d, dtype, theta=1_000_000.0):
-    """cos/sin [t, 1, d] (halves repeated), computed once per forward, not per layer."""
-    inv = 1.0 / (theta ** (torch.arange(0, d, 2, device=pos.device, dtype=torch.float32) / d))
-    ang = pos[:, None].float() * inv[None, :]
-    ang = torch.cat([ang, ang], dim=-1)[:, None, :]
-    return ang.cos().to(dtype), ang.sin().to(dtype)
+def _wall_ms(fn: Callable[[], object], reps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps * 1e3
 
 
-def _rope(x, cos, sin):
-    d = x.shape[-1]
-    rot = torch.cat([-x[..., d // 2:], x[..., : d // 2]], dim=-1)
-    return x * cos + rot * sin
+def _runner(model: torch.nn.Module, mode: str, args: tuple) -> Callable[[], object]:
+    """A zero-argument call of ``model(*args)`` in ``mode``."""
+    if mode == "eager":
+        return lambda: model(*args)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    if mode == "compile":
+        return lambda: compiled(*args)
+    for _ in range(3):  # compile and warm up on a side stream, as capture requires
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            compiled(*args)
+        torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        compiled(*args)
+    return graph.replay
 
 
-class Layer(torch.nn.Module):
-    def __init__(self, cfg, lin):
-        super().__init__()
-        h, inter, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
-        self.nh, self.nkv, self.hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], hd
-        qkv_n = (self.nh + 2 * self.nkv) * hd
-
-        def rnd(n, k):
-            return (torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * k ** -0.5)
-
-        self.qkv = lin(rnd(qkv_n, h))
-        self.o = lin(rnd(h, self.nh * hd))
-        self.gate_up = lin(rnd(2 * inter, h))
-        self.down = lin(rnd(h, inter))
-        self.n1 = torch.ones(h, device="cuda", dtype=torch.bfloat16)
-        self.n2 = torch.ones(h, device="cuda", dtype=torch.bfloat16)
-        self.eps = cfg["rms_norm_eps"]
-
-    def forward(self, x, pos, cache=None, cache_len=0):
-        b, t, _ = x.shape
-        y = F.rms_norm(x, (x.shape[-1],), self.n1, self.eps)
-        qkv = self.qkv(y).view(b, t, self.nh + 2 * self.nkv, self.hd)
-        qk = _rope(qkv[:, :, : self.nh + self.nkv], *pos)  # q and k heads in one pass
-        q = qk[:, :, : self.nh].transpose(1, 2)
-        k = qk[:, :, self.nh:].transpose(1, 2)
-        v = qkv[:, :, self.nh + self.nkv:].transpose(1, 2)
-        if cache is None:
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        else:
-            kc, vc = cache  # decode (t == 1): grouped-query attention as two batched matmuls over the cache
-            kc[:, :, cache_len: cache_len + t] = k
-            vc[:, :, cache_len: cache_len + t] = v
-            g = self.nh // self.nkv
-            qg = q.reshape(b, self.nkv, g * t, self.hd)
-            att = torch.softmax((qg @ kc[:, :, : cache_len + t].transpose(-1, -2)).float() * self.hd ** -0.5, -1)
-            a = (att.to(qg.dtype) @ vc[:, :, : cache_len + t]).reshape(b, self.nh, t, self.hd)
-        x = x + self.o(a.transpose(1, 2).reshape(b, t, -1))
-        gu = self.gate_up(F.rms_norm(x, (x.shape[-1],), self.n2, self.eps))
-        g, u = gu.chunk(2, dim=-1)
-        return x + self.down(F.silu(g) * u)
+def _cells(decode_batches, prefill_tokens, modes) -> list[tuple[str, str, int, int]]:
+    """(mode, phase, batch, tokens per sequence); prefill is not replayed from a graph (one long launch sequence
+    gains nothing from it)."""
+    cells = [(m, "decode", b, 1) for m in modes for b in decode_batches]
+    return cells + [(m, "prefill", 1, t) for m in modes if m != "graph" for t in prefill_tokens]
 
 
-class Decoder(torch.nn.Module):
-    def __init__(self, cfg, lin, layers=None):
-        super().__init__()
-        self.layers = torch.nn.ModuleList(Layer(cfg, lin) for _ in range(layers or cfg["num_hidden_layers"]))
-        self.embed = torch.randn(cfg["vocab_size"], cfg["hidden_size"], device="cuda", dtype=torch.bfloat16)
-        self.lm_head = self.embed  # tied, bf16 in both variants
-        self.cfg = cfg
-
-    def forward(self, ids, pos, caches=None, cache_len=0):
-        x = self.embed[ids]
-        pos = rope_tables(pos, self.cfg["head_dim"], x.dtype)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, pos, None if caches is None else caches[i], cache_len)
-        return x[:, -1] @ self.lm_head.t()
-
-
-def bench_model(reps: int = 10, batch: int = 8, seq: int = 2048, ctx: int = 2048, layers: int | None = None,
-                log=print) -> list[dict]:
-    cfg = shapes.QWEN3_8B
+def bench_model(models=tuple(MODELS), modes=MODES, decode_batches=DECODE_BATCHES, prefill_tokens=PREFILL_TOKENS,
+                layers: int = 2, ctx: int = 1024, reps: int = 20, log=print) -> list[dict]:
     env = results.environment()
     rows = []
-    meas: dict[str, dict[str, float]] = {}
-    for name, lin in (("bf16", Bf16Linear), ("blockfp8", fp8_linear)):
-        torch.manual_seed(0)
-        with torch.inference_mode():
-            model = Decoder(cfg, lin, layers)
-            ids = torch.randint(0, cfg["vocab_size"], (batch, seq), device="cuda")
-            pos = torch.arange(seq, device="cuda")
-            pre = timing.time_interleaved({"prefill": lambda model=model, ids=ids, pos=pos: model(ids, pos)},
-                                          reps=max(3, reps // 3), warmup=2, hide_launch_us=0)
-            nkv, hd = cfg["num_key_value_heads"], cfg["head_dim"]
-            caches = [(torch.randn(1, nkv, ctx + 1, hd, device="cuda", dtype=torch.bfloat16),
-                       torch.randn(1, nkv, ctx + 1, hd, device="cuda", dtype=torch.bfloat16))
-                      for _ in model.layers]
-            tok = torch.randint(0, cfg["vocab_size"], (1, 1), device="cuda")
-            dpos = torch.tensor([ctx], device="cuda")
-            for _ in range(2):
-                model(tok, dpos, caches, ctx)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                model(tok, dpos, caches, ctx)
-            dec = timing.time_interleaved({"decode": graph.replay}, reps=reps * 3, warmup=3, hide_launch_us=0)
-        meas[name] = {"prefill_us": timing.median(pre["prefill"]), "decode_us": timing.median(dec["decode"])}
-        log(f"{name}: prefill {meas[name]['prefill_us'] / 1e3:.1f} ms for {batch}x{seq} tokens, "
-            f"decode {meas[name]['decode_us'] / 1e3:.3f} ms/token")
-        del model, caches, graph
-        torch.cuda.empty_cache()
-    for name, m in meas.items():
-        rows.append({"bench": "model", "m": batch * seq, "variant": f"{name}_prefill", "us": m["prefill_us"],
-                     "extra": f"{batch * seq / (m['prefill_us'] * 1e-6):.0f} tokens/s",
-                     "speedup_vs_bf16": meas["bf16"]["prefill_us"] / m["prefill_us"], **env})
-        rows.append({"bench": "model", "m": 1, "variant": f"{name}_decode", "us": m["decode_us"],
-                     "extra": f"{m['decode_us'] / 1e3:.3f} ms/token (ctx {ctx})",
-                     "speedup_vs_bf16": meas["bf16"]["decode_us"] / m["decode_us"], **env})
+    for name in models:
+        cfg = MODELS[name]
+        for variant in ("bf16", "blockfp8"):
+            torch.manual_seed(0)
+            with torch.inference_mode():
+                model = decoders.Decoder(cfg, fp8=variant == "blockfp8", layers=layers)
+                caches = {b: model.new_caches(b, ctx) for b in decode_batches}
+                for mode, phase, batch, tokens in _cells(decode_batches, prefill_tokens, modes):
+                    ids = torch.randint(0, cfg["vocab_size"], (batch, tokens), device="cuda")
+                    if phase == "decode":
+                        args = (ids, torch.tensor([ctx], device="cuda"), caches[batch])
+                    else:
+                        args = (ids, torch.arange(tokens, device="cuda"))
+                    torch._dynamo.reset()
+                    try:
+                        ms = _wall_ms(_runner(model, mode, args), reps if phase == "decode" else max(3, reps // 4))
+                    except Exception as exc:  # noqa: BLE001 - a mode that fails is a finding, reported in the row
+                        log(f"{name} {variant} {mode} {phase} b={batch}: {type(exc).__name__}: {str(exc)[:300]}")
+                        ms = float("nan")
+                    rows.append({"model": name, "mode": mode, "phase": phase, "batch": batch, "tokens": batch * tokens,
+                                 "variant": variant, "layers": layers, "ms": ms,
+                                 "tokens_per_s": batch * tokens / ms * 1e3, **env})
+                    log(f"{name:14s} {variant:8s} {mode:7s} {phase:7s} batch={batch:<3d} tokens={batch * tokens:<5d} "
+                        f"{ms:9.3f} ms  {batch * tokens / ms * 1e3:10.0f} tokens/s")
+            del model, caches
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+    base = {(r["model"], r["mode"], r["phase"], r["batch"]): r["ms"] for r in rows if r["variant"] == "bf16"}
+    for r in rows:
+        r["speedup_vs_bf16"] = base.get((r["model"], r["mode"], r["phase"], r["batch"]), float("nan")) / r["ms"]
     return rows

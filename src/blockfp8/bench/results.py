@@ -31,7 +31,7 @@ def gpu_dirname(gpu: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in gpu).strip("_").lower() or "unknown"
 
 
-def append_csv(path: str | Path, rows: list[dict]) -> None:
+def append_csv(path: str | Path, rows: list[dict], fields: tuple[str, ...] = FIELDS) -> None:
     """Append rows (header written when the file is new); written to a temp file and renamed."""
     path = Path(path)
     old = path.read_text() if path.exists() else ""
@@ -40,11 +40,11 @@ def append_csv(path: str | Path, rows: list[dict]) -> None:
         with open(tmp, "w", newline="") as f:
             if old:
                 f.write(old)
-            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if not old:
                 w.writeheader()
             for r in rows:
-                w.writerow({k: _fmt(r.get(k, "")) for k in FIELDS})
+                w.writerow({k: _fmt(r.get(k, "")) for k in fields})
 
     atomic.write_with(path, write)
 

@@ -13,6 +13,13 @@ DECODE_MAX_M = 64
 QWEN3_30B_A3B_MOE = {"num_experts": 128, "top_k": 8, "hidden": 2048, "intermediate": 768}
 MOE_TOKENS: tuple[int, ...] = (128, 1024, 4096)
 
+# Qwen3-30B-A3B decoder (config.json of Qwen/Qwen3-30B-A3B), random weights.
+QWEN3_30B_A3B = {
+    "hidden_size": 2048, "num_hidden_layers": 48, "num_attention_heads": 32, "num_key_value_heads": 4,
+    "head_dim": 128, "vocab_size": 151936, "rms_norm_eps": 1e-6, "num_experts": 128, "num_experts_per_tok": 8,
+    "moe_intermediate_size": 768,
+}
+
 # Qwen3-8B decoder (config.json of Qwen/Qwen3-8B), random weights.
 QWEN3_8B = {
     "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32,

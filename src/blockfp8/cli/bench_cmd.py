@@ -1,6 +1,7 @@
 """Benchmark block-FP8 kernels against their peers on this GPU: `gemm` (bf16 cuBLAS, FP8 per-tensor cuBLAS,
 blockwise scaled_mm, our Triton kernel, auto-dispatch over the DeepSeek-V3 grid), `quant` (activation quantizer),
-`moe` (grouped GEMM on Qwen3-30B-A3B shapes), `model` (Qwen3-8B-shaped decoder, random weights).
+`moe` (grouped GEMM on Qwen3-30B-A3B shapes), `model` (Qwen3-8B- and Qwen3-30B-A3B-shaped decoders, random
+weights, in eager, torch.compile and CUDA-graph modes, decode and prefill, bf16 vs blockfp8: model.csv).
 Warm-up, L2 flushed before every call, median of --reps, variants interleaved per shape. Prints a table and
 appends long-format rows (GPU, versions, date, commit) to a CSV under --out-dir; `gemm` also draws a PNG."""
 
@@ -19,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results/<gpu>)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--models", default=None, help="model: comma list of qwen3-8b,qwen3-30b-a3b (default both)")
+    p.add_argument("--modes", default=None, help="model: comma list of eager,compile,graph (default all)")
+    p.add_argument("--batches", default=None, help="model: decode batch sizes (default 1,8,64)")
+    p.add_argument("--prefill", default=None, help="model: prefill lengths (default 2048,8192)")
+    p.add_argument("--layers", type=int, default=2, help="model: decoder layers (default 2; every layer is alike)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,8 +67,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         from blockfp8.bench import model
 
-        rows = model.bench_model(reps=args.reps)
-        print(results.table(rows, ("m", "variant", "us", "extra", "speedup_vs_bf16")))
+        def ints(text, default):
+            return tuple(int(v) for v in text.split(",")) if text else default
+
+        rows = model.bench_model(models=tuple(args.models.split(",")) if args.models else tuple(model.MODELS),
+                                 modes=tuple(args.modes.split(",")) if args.modes else model.MODES,
+                                 decode_batches=ints(args.batches, model.DECODE_BATCHES),
+                                 prefill_tokens=ints(args.prefill, model.PREFILL_TOKENS), layers=args.layers,
+                                 reps=args.reps)
+        print(results.table(rows, ("model", "mode", "phase", "batch", "variant", "ms", "tokens_per_s",
+                                   "speedup_vs_bf16")))
+        results.append_csv(out_dir / "model.csv", rows, fields=model.FIELDS)
+        return 0
     results.append_csv(out_dir / f"{args.what}.csv", rows)
     if summary:
         print(json.dumps(summary, indent=1) if args.json else

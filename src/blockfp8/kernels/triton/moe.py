@@ -39,7 +39,9 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     flat = topk_ids.reshape(-1).to(torch.int64)
     n_pairs = flat.numel()
     device = flat.device
-    counts = torch.bincount(flat, minlength=num_experts)
+    # not torch.bincount: on CUDA it reads the maximum back to the host to size its output (a sync that breaks
+    # CUDA-graph capture); the caller guarantees ids in [0, num_experts)
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=device).scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
     ends = torch.cumsum(padded, 0)
     starts = ends - padded
