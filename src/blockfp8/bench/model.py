@@ -97,7 +97,10 @@ def bench_model(models=tuple(MODELS), modes=MODES, decode_batches=DECODE_BATCHES
             del model, caches
             torch._dynamo.reset()
             torch.cuda.empty_cache()
-    base = {(r["model"], r["mode"], r["phase"], r["batch"]): r["ms"] for r in rows if r["variant"] == "bf16"}
+    def cell(r):
+        return r["model"], r["mode"], r["phase"], r["batch"], r["tokens"]
+
+    base = {cell(r): r["ms"] for r in rows if r["variant"] == "bf16"}
     for r in rows:
-        r["speedup_vs_bf16"] = base.get((r["model"], r["mode"], r["phase"], r["batch"]), float("nan")) / r["ms"]
+        r["speedup_vs_bf16"] = base.get(cell(r), float("nan")) / r["ms"]
     return rows
