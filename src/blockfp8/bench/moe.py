@@ -1,80 +1,90 @@
-"""`blockfp8 bench moe`: the fused Triton block-FP8 MoE vs a per-expert loop of blockwise scaled_mm and a bf16
-per-expert loop, on Qwen3-30B-A3B shapes (128 experts, top-8, hidden 2048, expert intermediate 768)."""
+"""`blockfp8 bench moe`: a whole MoE block's experts, blockfp8 against bf16, on Qwen3-30B-A3B shapes (128 experts,
+top-8, hidden 2048, expert intermediate 768), from 1 to 16384 tokens.
+
+``blockfp8`` is the library's ``BlockFP8Experts`` with the backend the policy picks (without DeepGEMM: Triton's
+fused MoE, routing aligned on the device); ``bf16`` is a grouped MoE on ``torch._grouped_mm``
+(``bench.decoders.Bf16GroupedMoE``). Each runs eager (wall time per call, host overhead included) and replayed from
+a CUDA graph (the whole block captured once: routing, alignment, quantization and both grouped GEMMs). The FP8
+output is checked against ``quant.reference.moe_reference`` on the same prepared weights first.
+"""
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-from blockfp8.bench import results, shapes, timing
+from blockfp8.bench import decoders, results, shapes
+
+MODES = ("eager", "graph")
 
 
-def _loop(x, w13, w2, tw, ids, gemm, quant):
-    """Per-expert loop: gather the expert's tokens, two GEMMs, scatter-add. One host sync for the routing."""
-    t, h = x.shape
-    i = w13[0][0].shape[0] // 2 if isinstance(w13, list) else w13.shape[1] // 2
-    out = torch.zeros((t, h), dtype=torch.float32, device=x.device)
-    flat = ids.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=len(w13)).tolist()
-    start = 0
-    for e, c in enumerate(counts):
-        if c == 0:
-            continue
-        pairs = order[start:start + c]
-        start += c
-        tok = pairs // ids.shape[1]
-        inter = gemm(quant(x[tok]), w13[e])[: c]
-        act = (torch.nn.functional.silu(inter[:, :i].float()) * inter[:, i:].float()).to(torch.bfloat16)
-        y = gemm(quant(act), w2[e])[: c]
-        out.index_add_(0, tok, y.float() * tw.reshape(-1)[pairs, None])
-    return out.to(x.dtype)
+def _per_call_us(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps * 1e6
+
+
+def _graphed(fn):
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def bench_moe(tokens=shapes.MOE_TOKENS, reps: int = 20, log=print) -> list[dict]:
-    from blockfp8.kernels.scaled_mm import blockwise_gemm, pad_weight_scale
-    from blockfp8.kernels.triton import act_quant as triton_quant
-    from blockfp8.kernels.triton import moe as triton_moe
+    from blockfp8.config import BlockFP8Config
+    from blockfp8.nn import BlockFP8Experts
     from blockfp8.quant import reference as R
     from blockfp8.quant.metrics import calc_diff
 
     cfg = shapes.QWEN3_30B_A3B_MOE
     e, k, h, i = cfg["num_experts"], cfg["top_k"], cfg["hidden"], cfg["intermediate"]
     env = results.environment()
-    flush = timing.L2Flusher()
-    w13 = torch.randn(e, 2 * i, h, device="cuda", dtype=torch.bfloat16) * 0.02
-    w2 = torch.randn(e, h, i, device="cuda", dtype=torch.bfloat16) * 0.02
-    q13, s13 = map(torch.stack, zip(*(R.quantize_weight(w13[x], (128, 128)) for x in range(e)), strict=True))
-    q2, s2 = map(torch.stack, zip(*(R.quantize_weight(w2[x], (128, 128)) for x in range(e)), strict=True))
+    torch.manual_seed(0)
+    w13 = torch.randn(e, 2 * i, h, device="cuda", dtype=torch.bfloat16) * h ** -0.5
+    w2 = torch.randn(e, h, i, device="cuda", dtype=torch.bfloat16) * i ** -0.5
+    variants = {"bf16": decoders.Bf16GroupedMoE(w13, w2),
+                "blockfp8": BlockFP8Experts.from_fused(w13, w2, config=BlockFP8Config(use_deep_gemm=False))}
+    fp8 = variants["blockfp8"]
+    kernel = f"{fp8.decision.backend}{' grouped' if fp8.prepared_moe is not None else ' per-expert loop'}"
     rows = []
     for t in tokens:
         x = torch.randn(t, h, device="cuda", dtype=torch.bfloat16)
-        tw, ids = torch.topk(torch.softmax(torch.randn(t, e, device="cuda"), -1), k, dim=-1)
-        tw = tw / tw.sum(-1, keepdim=True)
+        tw, ids = decoders.route(torch.randn(t, e, device="cuda"), k)
+        with torch.inference_mode():
+            if fp8.prepared_moe is not None and t <= 4096:  # the per-expert reference is slow at large T
+                p = fp8.prepared_moe
+                ref = R.moe_reference(x, p.w13, p.w13_scale, p.w2, p.w2_scale, tw, ids, p.block_size)
+                d = calc_diff(fp8(x, ids, tw).double(), ref.double())
+                if not d < 1e-3:
+                    raise AssertionError(f"moe blockfp8 T={t}: calc_diff={d} vs quant.reference.moe_reference")
+            us: dict[tuple[str, str], float] = {}
+            for name, layer in variants.items():
+                for mode in MODES:
+                    def fn(layer=layer, x=x, ids=ids, tw=tw):
+                        return layer(x, ids, tw)
 
-        def fused(x=x, tw=tw, ids=ids):
-            return triton_moe.fused_moe(x, q13, s13, q2, s2, tw, ids)
-
-        def sm_loop(x=x, tw=tw, ids=ids):
-            return _loop(x, list(zip(q13, s13, strict=True)), list(zip(q2, s2, strict=True)), tw, ids,
-                         lambda a, w: blockwise_gemm(a[0], a[1], w[0], pad_weight_scale(w[1])),
-                         lambda v: triton_quant.quantize_act(v, 128, "float32", "mn_major", pad_m=4))
-
-        def bf16_loop(x=x, tw=tw, ids=ids):
-            return _loop(x, w13, w2, tw, ids, lambda a, w: a @ w.t(), lambda v: v)
-
-        ref = R.moe_reference(x, q13, s13, q2, s2, tw, ids)
-        for name, fn in (("triton_fused", fused), ("scaled_mm_loop", sm_loop)):
-            d = calc_diff(fn().double(), ref.double())
-            if not d < 1e-3:
-                raise AssertionError(f"moe variant={name} T={t}: calc_diff={d} vs the per-expert reference")
-        # host-synchronising loops: time them with launch overhead included for every variant (no spin)
-        times = timing.time_interleaved({"triton_fused": fused, "scaled_mm_loop": sm_loop, "bf16_loop": bf16_loop},
-                                        reps=reps, flush=flush, hide_launch_us=0)
+                    try:
+                        us[name, mode] = _per_call_us(fn if mode == "eager" else _graphed(fn), reps)
+                    except Exception as exc:  # noqa: BLE001 - a mode that cannot run is reported, not fatal
+                        log(f"moe {name} {mode} T={t}: {type(exc).__name__}: {str(exc)[:200]}")
+                        us[name, mode] = float("nan")
         flops = 2 * t * k * (2 * i * h + h * i)
-        med = {name: timing.median(ts) for name, ts in times.items()}
-        for variant, us in med.items():
-            rows.append({"bench": "moe", "m": t, "n": f"E{e}xI{i}", "k": h, "variant": variant, "us": us,
-                         "tflops": flops / us / 1e6, "speedup_vs_scaled_mm": med["scaled_mm_loop"] / us,
-                         "speedup_vs_bf16": med["bf16_loop"] / us, "extra": f"top{k}", **env})
-        log("  ".join(f"{r['variant']}={r['us']:.0f}us" for r in rows[-3:]) + f"  [tokens={t}]")
+        for (name, mode), v in us.items():
+            rows.append({"bench": "moe", "m": t, "n": f"E{e}xI{i}", "k": h, "variant": f"{name}_{mode}", "us": v,
+                         "tflops": flops / v / 1e6, "speedup_vs_bf16": us["bf16", mode] / v,
+                         "extra": f"top{k}; {kernel}" if name == "blockfp8" else f"top{k}; torch._grouped_mm",
+                         **env})
+        log("  ".join(f"{n}_{m}={v:.0f}us" for (n, m), v in us.items()) + f"  [tokens={t}]")
     return rows

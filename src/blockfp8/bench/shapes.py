@@ -11,7 +11,7 @@ DECODE_MAX_M = 64
 
 # Qwen3-30B-A3B MoE block: 128 experts, top-8, hidden 2048, expert intermediate 768 (gate+up fused: 2 x 768).
 QWEN3_30B_A3B_MOE = {"num_experts": 128, "top_k": 8, "hidden": 2048, "intermediate": 768}
-MOE_TOKENS: tuple[int, ...] = (128, 1024, 4096)
+MOE_TOKENS: tuple[int, ...] = (1, 16, 256, 4096, 16384)
 
 # Qwen3-30B-A3B decoder (config.json of Qwen/Qwen3-30B-A3B), random weights.
 QWEN3_30B_A3B = {

@@ -1,9 +1,9 @@
-"""Benchmark block-FP8 kernels against their peers on this GPU: `gemm` (bf16 cuBLAS, FP8 per-tensor cuBLAS,
-blockwise scaled_mm, our Triton kernel, auto-dispatch over the DeepSeek-V3 grid), `quant` (activation quantizer),
-`moe` (grouped GEMM on Qwen3-30B-A3B shapes), `model` (Qwen3-8B- and Qwen3-30B-A3B-shaped decoders, random
-weights, in eager, torch.compile and CUDA-graph modes, decode and prefill, bf16 vs blockfp8: model.csv).
-Warm-up, L2 flushed before every call, median of --reps, variants interleaved per shape. Prints a table and
-appends long-format rows (GPU, versions, date, commit) to a CSV under --out-dir; `gemm` also draws a PNG."""
+"""Benchmark block-FP8 kernels and layers against their peers on this GPU: `gemm` (bf16 cuBLAS, FP8 per-tensor
+cuBLAS, blockwise scaled_mm, our Triton kernel, auto-dispatch over the DeepSeek-V3 grid), `quant` (activation
+quantizer), `moe` (a MoE block on Qwen3-30B-A3B shapes vs a bf16 grouped MoE, eager and CUDA graph), `model`
+(Qwen3-8B- and Qwen3-30B-A3B-shaped decoders, random weights, in eager, torch.compile and CUDA-graph modes, decode
+and prefill, bf16 vs blockfp8: model.csv). Prints a table and appends long-format rows (GPU, versions, date,
+commit) to a CSV under --out-dir; `gemm` also draws a PNG."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         from blockfp8.bench import moe
 
         rows = moe.bench_moe(reps=args.reps)
-        print(results.table(rows, ("m", "n", "k", "variant", "us", "tflops", "speedup_vs_scaled_mm")))
+        print(results.table(rows, ("m", "n", "k", "variant", "us", "tflops", "speedup_vs_bf16")))
     else:
         from blockfp8.bench import model
 

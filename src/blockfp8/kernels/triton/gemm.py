@@ -68,6 +68,8 @@ def default_config(m: int, n: int, k: int, sms: int = 132, cuda: bool = True) ->
             "num_warps": 8, "num_stages": 4, "persistent": True}
 
 
+_default_config = functools.lru_cache(maxsize=4096)(default_config)  # per launch: callers copy the dict
+
 # The tile config as the ``gemm_triton`` operator carries it: a list of ints in this order (operators take no dicts).
 CONFIG_KEYS = ("kernel", "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "GROUP_M", "num_warps", "num_stages",
                "persistent", "K_UNROLL")
@@ -89,9 +91,12 @@ def encode_config(config: dict | None) -> list[int]:
 
 
 def decode_config(values) -> dict | None:
-    """Inverse of :func:`encode_config`."""
-    if not values:
-        return None
+    """Inverse of :func:`encode_config` (cached: the operator decodes on every launch)."""
+    return _decode_config(tuple(values)) if values else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_config(values: tuple[int, ...]) -> dict:
     config = dict(zip(CONFIG_KEYS, (int(v) for v in values), strict=True))
     config["kernel"] = {v: k for k, v in _KERNEL_IDS.items()}[config["kernel"]]
     config["persistent"] = bool(config["persistent"])
@@ -168,7 +173,7 @@ def fp8_block_gemm(
         return out.reshape(*lead, n)
     check_device(x_q.device)
     sms = num_sms(x_q.device.index) if x_q.is_cuda else 132
-    cfg = dict(config) if config is not None else default_config(m, n, k, sms, x_q.is_cuda)
+    cfg = dict(config if config is not None else _default_config(m, n, k, sms, x_q.is_cuda))
     bk_tile = cfg["BLOCK_K"]
     if bk % bk_tile:
         cfg["BLOCK_K"] = bk_tile = min(bk, 128) if bk % min(bk, 128) == 0 else bk
