@@ -2,7 +2,8 @@
 cuBLAS, blockwise scaled_mm, our Triton kernel, auto-dispatch over the DeepSeek-V3 grid), `quant` (activation
 quantizer), `moe` (a MoE block on Qwen3-30B-A3B shapes vs a bf16 grouped MoE, eager and CUDA graph), `model`
 (Qwen3-8B- and Qwen3-30B-A3B-shaped decoders, random weights, in eager, torch.compile and CUDA-graph modes, decode
-and prefill, bf16 vs blockfp8: model.csv). Prints a table and appends long-format rows (GPU, versions, date,
+and prefill, bf16 vs blockfp8: model.csv), `generate` (transformers' generate on a SmolLM2-shaped model, static
+cache, eager / compiled / CUDA graphs: generate.csv). Prints a table and appends long-format rows (GPU, versions, date,
 commit) to a CSV under --out-dir; `gemm` also draws a PNG."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=("gemm", "quant", "moe", "model"), help="which benchmark")
+    p.add_argument("what", choices=("gemm", "quant", "moe", "model", "generate"), help="which benchmark")
     p.add_argument("--m", default=None, help="comma list of M (gemm; default 1,16,64,128,512,4096)")
     p.add_argument("--nk", default=None, help="comma list of NxK pairs (gemm; default the DeepSeek-V3 list)")
     p.add_argument("--variants", default=None, help="comma list (gemm: bf16,fp8_tensor,scaled_mm,triton,auto)")
@@ -64,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
         rows = moe.bench_moe(reps=args.reps)
         print(results.table(rows, ("m", "n", "k", "variant", "us", "tflops", "speedup_vs_bf16")))
+    elif args.what == "generate":
+        from blockfp8.bench import generate
+
+        rows = generate.bench_generate(modes=tuple(args.modes.split(",")) if args.modes else generate.MODES)
+        print(results.table(rows, ("mode", "variant", "ms", "tokens_per_s", "speedup_vs_bf16")))
+        results.append_csv(out_dir / "generate.csv", rows, fields=generate.FIELDS)
+        return 0
     else:
         from blockfp8.bench import model
 
