@@ -1,8 +1,10 @@
 """`blockfp8 bench generate`: transformers' own ``generate`` on a SmolLM2-135M-shaped Llama (its config, random
 weights: the embedded model's architecture, hidden 576 and k/v 192 so the FP8 blocks are ragged), bf16 against
-the same model after ``blockfp8.quantize_model``, greedy decoding with a static KV cache, the forward pass compiled
-(``torch.compile(fullgraph=True)``, CUDA graphs with ``reduce-overhead``) or eager. Tokens per second of generated
-text (prompt excluded), wall time, after a warm-up generation.
+the same model after ``blockfp8.quantize_model``, greedy decoding with a static KV cache. Modes: ``eager``
+(transformers' automatic compilation switched off), ``compile`` (the forward pass through
+``torch.compile(fullgraph=True)``, no CUDA graphs) and ``graph`` (transformers' own static-cache compilation,
+``CompileConfig(fullgraph=True, mode="reduce-overhead")``: compiled and replayed from CUDA graphs). Tokens per second
+of generated text (prompt excluded), wall time, after a warm-up generation.
 """
 
 from __future__ import annotations
@@ -39,13 +41,18 @@ def bench_generate(modes=MODES, batch: int = 1, prompt: int = 64, new_tokens: in
     rows = []
     for variant in ("bf16", "blockfp8"):
         for mode in modes:
+            from transformers import CompileConfig
+
             model = _model(variant == "blockfp8", device)
-            if mode != "eager":
-                model.forward = torch.compile(model.forward, fullgraph=True,
-                                              mode="reduce-overhead" if mode == "graph" else "default")
             ids = torch.randint(0, SMOLLM2_135M["vocab_size"], (batch, prompt), device=device)
             kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                           cache_implementation="static", pad_token_id=0)
+            if mode == "graph":
+                kwargs["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
+            else:
+                kwargs["disable_compile"] = True
+                if mode == "compile":
+                    model.forward = torch.compile(model.forward, fullgraph=True)
             try:
                 with torch.inference_mode():
                     model.generate(ids, **kwargs)  # warm-up: compiles and records graphs
