@@ -40,11 +40,13 @@ def _experts(e, h, i, fmt, seed, device):
     return [torch.stack(v).to(device) for v in (q13, s13, q2, s2)]
 
 
-@pytest.mark.parametrize("t,e,k,bm", [(7, 4, 2, 16), (33, 8, 3, 16), (5, 16, 4, 32)])
+@pytest.mark.parametrize("t,e,k,bm", [(7, 4, 2, 16), (33, 8, 3, 16), (5, 16, 4, 32), (1, 128, 8, 16), (2, 64, 8, 64)])
 def test_align_by_expert_invariants(t, e, k, bm):
     _, ids = _routing(t, e, k, seed=t, device="cpu")
     sorted_ids, expert_ids = triton_moe.align_by_expert(ids, e, bm)
     n_pairs = t * k
+    # decode: the buffers hold the blocks that can carry work, not one block per expert
+    assert sorted_ids.numel() == -(-(n_pairs + min(e, n_pairs) * (bm - 1)) // bm) * bm
     real = sorted_ids[sorted_ids < n_pairs]
     assert sorted(real.tolist()) == list(range(n_pairs)), "every routed pair exactly once"
     flat = ids.reshape(-1)

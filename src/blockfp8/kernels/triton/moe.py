@@ -34,7 +34,8 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int):
 
     ``sorted_ids`` lists pair ids ``t * k + j`` grouped by expert, each group padded to a multiple of block_m
     with the sentinel ``T * k``; ``expert_ids[b]`` is the expert of block b, -1 past the last block.
-    ``cap = T*k + E*(block_m - 1)`` rounded up to block_m: an upper bound, so no size is read back to the host.
+    ``cap = T*k + min(E, T*k)*(block_m - 1)`` rounded up to block_m: an upper bound, so no size is read back to the
+    host.
     """
     flat = topk_ids.reshape(-1).to(torch.int64)
     n_pairs = flat.numel()
@@ -49,7 +50,9 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     sorted_experts = flat[order]
     first_of_expert = torch.cumsum(counts, 0) - counts
     rank = torch.arange(n_pairs, device=device) - first_of_expert[sorted_experts]
-    cap = cdiv(n_pairs + num_experts * (block_m - 1), block_m) * block_m
+    # at most min(E, pairs) experts hold tokens, each padded by < block_m rows: at decode (few tokens) this keeps
+    # the grid to the blocks that can hold work instead of one block per expert
+    cap = cdiv(n_pairs + min(num_experts, n_pairs) * (block_m - 1), block_m) * block_m
     sorted_ids = torch.full((cap,), n_pairs, dtype=torch.int32, device=device)
     sorted_ids[starts[sorted_experts] + rank] = order.to(torch.int32)
     block_start = torch.arange(0, cap, block_m, device=device)
