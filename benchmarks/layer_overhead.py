@@ -12,23 +12,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import time
-
 import torch
 
+from blockfp8.bench import timing
 from blockfp8.config import BlockFP8Config
 from blockfp8.nn import BlockFP8Linear
 
 
 def per_call_us(fn, calls: int) -> float:
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / calls * 1e6
+    return timing.wall_us(fn, calls, warmup=20)
 
 
 def main() -> int:

@@ -14,12 +14,11 @@ warm-up), reported as tokens per second; ``speedup_vs_bf16`` compares the same m
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 
-from blockfp8.bench import decoders, results, shapes
+from blockfp8.bench import decoders, results, shapes, timing
 
 MODELS = {"qwen3-8b": shapes.QWEN3_8B, "qwen3-30b-a3b": shapes.QWEN3_30B_A3B}
 MODES = ("eager", "compile", "graph")
@@ -29,17 +28,6 @@ FIELDS = ("model", "mode", "phase", "batch", "tokens", "variant", "layers", "ms"
           "gpu", "torch", "cuda", "triton", "date", "commit")
 
 
-def _wall_ms(fn: Callable[[], object], reps: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / reps * 1e3
-
-
 def _runner(model: torch.nn.Module, mode: str, args: tuple) -> Callable[[], object]:
     """A zero-argument call of ``model(*args)`` in ``mode``."""
     if mode == "eager":
@@ -47,16 +35,7 @@ def _runner(model: torch.nn.Module, mode: str, args: tuple) -> Callable[[], obje
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
     if mode == "compile":
         return lambda: compiled(*args)
-    for _ in range(3):  # compile and warm up on a side stream, as capture requires
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            compiled(*args)
-        torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        compiled(*args)
-    return graph.replay
+    return timing.cuda_graphed(lambda: compiled(*args), warmup=3)  # compiles during the warm-up
 
 
 def _cells(decode_batches, prefill_tokens, modes) -> list[tuple[str, str, int, int]]:
@@ -85,7 +64,8 @@ def bench_model(models=tuple(MODELS), modes=MODES, decode_batches=DECODE_BATCHES
                         args = (ids, torch.arange(tokens, device="cuda"))
                     torch._dynamo.reset()
                     try:
-                        ms = _wall_ms(_runner(model, mode, args), reps if phase == "decode" else max(3, reps // 4))
+                        ms = timing.wall_us(_runner(model, mode, args),
+                                            reps if phase == "decode" else max(3, reps // 4)) / 1e3
                     except Exception as exc:  # noqa: BLE001 - a mode that fails is a finding, reported in the row
                         log(f"{name} {variant} {mode} {phase} b={batch}: {type(exc).__name__}: {str(exc)[:300]}")
                         ms = float("nan")

@@ -10,36 +10,11 @@ output is checked against ``quant.reference.moe_reference`` on the same prepared
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from blockfp8.bench import decoders, results, shapes
+from blockfp8.bench import decoders, results, shapes, timing
 
 MODES = ("eager", "graph")
-
-
-def _per_call_us(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / reps * 1e6
-
-
-def _graphed(fn):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def bench_moe(tokens=shapes.MOE_TOKENS, reps: int = 20, log=print) -> list[dict]:
@@ -76,7 +51,7 @@ def bench_moe(tokens=shapes.MOE_TOKENS, reps: int = 20, log=print) -> list[dict]
                         return layer(x, ids, tw)
 
                     try:
-                        us[name, mode] = _per_call_us(fn if mode == "eager" else _graphed(fn), reps)
+                        us[name, mode] = timing.wall_us(fn if mode == "eager" else timing.cuda_graphed(fn), reps)
                     except Exception as exc:  # noqa: BLE001 - a mode that cannot run is reported, not fatal
                         log(f"moe {name} {mode} T={t}: {type(exc).__name__}: {str(exc)[:200]}")
                         us[name, mode] = float("nan")

@@ -112,3 +112,33 @@ def _clock_hz() -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def wall_us(fn: Callable[[], object], reps: int, warmup: int = 3) -> float:
+    """Wall time per call (µs) of ``reps`` back-to-back calls after ``warmup`` calls, synchronised once at each
+    end: what a user's loop sees, host overhead and launch gaps included."""
+    import time
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps * 1e6
+
+
+def cuda_graphed(fn: Callable[[], object], warmup: int = 1) -> Callable[[], None]:
+    """``fn`` captured once in a CUDA graph (after ``warmup`` calls on a side stream, as capture requires); returns
+    the replay. ``fn`` must not synchronise with the host."""
+    for _ in range(warmup):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()
+        torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
