@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+
 import torch
 
 from blockfp8.bench import timing
