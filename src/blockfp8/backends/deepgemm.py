@@ -20,6 +20,7 @@ from blockfp8.backends.base import (
     scales_for_decision,
 )
 from blockfp8.kernels import deepgemm as dg
+from blockfp8.kernels.ops import ops
 
 if TYPE_CHECKING:
     import torch
@@ -91,8 +92,6 @@ class DeepGemmBackend:
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        from blockfp8.kernels.ops import ops
-
         # The scales go straight into this family's layout: MN-major float32 (SM90) or packed UE8M0 (SM100).
         check_decision_for(decision, self.name)
         return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value,
@@ -105,7 +104,5 @@ class DeepGemmBackend:
 
         if out_dtype != torch.bfloat16:
             raise ValueError(f"out_dtype={out_dtype}: DeepGEMM writes bfloat16 only")
-        from blockfp8.kernels.ops import ops
-
         out = ops.gemm_deepgemm(x_q, x_scale, prepared.weight, prepared.scale)
         return out if bias is None else out + bias

@@ -20,6 +20,7 @@ from blockfp8.backends.base import (
     scales_for_decision,
     stack_moe_weights,
 )
+from blockfp8.kernels.ops import ops
 
 if TYPE_CHECKING:
     import torch
@@ -61,16 +62,12 @@ class ReferenceBackend:
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        from blockfp8.kernels.ops import ops
-
         check_decision_for(decision, self.name)
         return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value, "row_major", 1,
                                 getattr(torch, decision.fp8_dtype), False)
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:
-        from blockfp8.kernels.ops import ops
-
         bn, bk = prepared.block_size
         return ops.gemm_reference(x_q, x_scale, prepared.weight, prepared.scale, bn, bk, out_dtype, bias)
 
@@ -88,8 +85,6 @@ class ReferenceBackend:
             decision: Decision) -> torch.Tensor:
         """The whole MoE as one operator (``quant.reference.moe_reference``): expert by expert inside, so it
         syncs with the host (a reference, not for CUDA graphs), but ``torch.compile`` sees one call."""
-        from blockfp8.kernels.ops import ops
-
         check_decision_for(decision, self.name)
         bn, bk = prepared.block_size
         return ops.moe_reference(x, prepared.w13, prepared.w13_scale, prepared.w2, prepared.w2_scale, topk_weights,

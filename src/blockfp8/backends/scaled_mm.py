@@ -19,6 +19,7 @@ from blockfp8.backends.base import (
     check_decision_for,
     scales_for_decision,
 )
+from blockfp8.kernels.ops import ops
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +81,6 @@ class ScaledMMBackend:
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        from blockfp8.kernels.ops import ops
         from blockfp8.kernels.scaled_mm import M_ALIGN
 
         # M-major scales written directly, rows padded to a multiple of 4 in the storage behind the returned
@@ -93,6 +93,4 @@ class ScaledMMBackend:
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:
-        from blockfp8.kernels.ops import ops
-
         return ops.gemm_scaled_mm(x_q, x_scale, prepared.weight, prepared.scale, out_dtype, bias)

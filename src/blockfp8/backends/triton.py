@@ -21,6 +21,7 @@ from blockfp8.backends.base import (
     scales_for_decision,
     stack_moe_weights,
 )
+from blockfp8.kernels.ops import ops
 
 if TYPE_CHECKING:
     import torch
@@ -81,8 +82,6 @@ class TritonBackend:
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        from blockfp8.kernels.ops import ops
-
         check_decision_for(decision, self.name)
         return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value,
                                 decision.act_scale_layout.value, 1, getattr(torch, decision.fp8_dtype), True)
@@ -90,8 +89,6 @@ class TritonBackend:
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:
         from blockfp8.backends.tuned import m_bucket
-        from blockfp8.kernels.ops import ops
-
         configs = prepared.extra.get("configs")
         config = configs[m_bucket(x_q.shape[0])] if configs else []
         bn, bk = prepared.block_size
@@ -112,8 +109,6 @@ class TritonBackend:
 
     def moe(self, x: torch.Tensor, prepared: PreparedMoE, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
             decision: Decision) -> torch.Tensor:
-        from blockfp8.kernels.ops import ops
-
         check_decision_for(decision, self.name)
         bn, bk = prepared.block_size
         return ops.moe_triton(x, prepared.w13, prepared.w13_scale, prepared.w2, prepared.w2_scale, topk_weights,
