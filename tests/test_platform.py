@@ -60,3 +60,13 @@ def test_cpu_platform_has_no_capability():
         pytest.skip("needs a machine without a GPU")
     assert (plat.capability, plat.family, plat.arch, plat.simulated) == (None, None, None, False)
     assert plat.describe() == "CPU (no CUDA GPU)"
+
+
+def test_source_commit_prefers_the_stamp_a_copied_tree_is_given(monkeypatch):
+    from blockfp8 import platform as plat
+
+    monkeypatch.setenv("BLOCKFP8_COMMIT", "abc1234")
+    assert plat.source_commit() == "abc1234"
+    assert plat.run_environment("cpu", commit=True)["commit"] == "abc1234"
+    monkeypatch.delenv("BLOCKFP8_COMMIT")
+    assert plat.source_commit() != "abc1234"

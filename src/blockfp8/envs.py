@@ -134,6 +134,11 @@ ENV_VARS: dict[str, EnvVar] = {
             lambda: _arch("BLOCKFP8_ARCH"),
         ),
         EnvVar(
+            "BLOCKFP8_COMMIT", "any text (a commit id)", "unset (git, else unknown)",
+            "The source commit stamped on benchmark and eval results: for a copy of the tree without git history.",
+            lambda: _str("BLOCKFP8_COMMIT"),
+        ),
+        EnvVar(
             "BLOCKFP8_LOG_LEVEL", "DEBUG | INFO | WARNING | ERROR", "WARNING",
             "Level of the blockfp8 logger.",
             lambda: _choice("BLOCKFP8_LOG_LEVEL", LOG_LEVELS, upper=True) or "WARNING",

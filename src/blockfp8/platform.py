@@ -127,12 +127,13 @@ def detect(arch: str | None = None) -> Platform:
 
 
 def source_commit() -> str:
-    """The git commit of this source tree (``+dirty`` with uncommitted changes), else ``BLOCKFP8_COMMIT`` from
-    the environment (an installed package has no git tree), else "unknown"."""
-    import os
+    """``BLOCKFP8_COMMIT`` when set (a copy of the tree whose git metadata is missing or stale), else the git commit
+    of this source tree (``+dirty`` with uncommitted changes), else "unknown"."""
     import subprocess
     from pathlib import Path
 
+    if envs.get("BLOCKFP8_COMMIT"):
+        return envs.get("BLOCKFP8_COMMIT")
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root,
@@ -141,7 +142,7 @@ def source_commit() -> str:
                                text=True, cwd=root, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", ""
-    return (commit + ("+dirty" if dirty else "")) or os.environ.get("BLOCKFP8_COMMIT", "unknown")
+    return (commit + ("+dirty" if dirty else "")) or "unknown"
 
 
 def run_environment(device: str = "cpu", *, commit: bool = False) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from blockfp8.backends import tuned
 from blockfp8.backends.base import (
     BackendId,
     Decision,
@@ -65,14 +66,12 @@ class TritonBackend:
 
     def prepare_weight(self, w_q: torch.Tensor, w_scale: torch.Tensor, decision: Decision,
                        block_size: tuple[int, int]) -> PreparedWeight:
-        from blockfp8.backends import tuned
         from blockfp8.kernels import triton as kernels
+        from blockfp8.kernels.triton.gemm import encode_config
 
         check_decision_for(decision, self.name)
         kernels.use_device(w_q.device)
         weight, scale, checkpoint_scale = scales_for_decision(w_q, w_scale, decision, block_size)
-        from blockfp8.kernels.triton.gemm import encode_config
-
         # The tuned launch config per M bucket, as the operator takes it (an empty list: the launcher's default).
         configs = {b: encode_config(c) for b, c in tuned.triton_configs(decision.tuned_keys, *w_q.shape).items()}
         return PreparedWeight(self.name, weight, scale.contiguous(), checkpoint_weight=w_q,
@@ -88,9 +87,8 @@ class TritonBackend:
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:
-        from blockfp8.backends.tuned import m_bucket
         configs = prepared.extra.get("configs")
-        config = configs[m_bucket(x_q.shape[0])] if configs else []
+        config = configs[tuned.m_bucket(x_q.shape[0])] if configs else []
         bn, bk = prepared.block_size
         return ops.gemm_triton(x_q, x_scale, prepared.weight, prepared.scale, bn, bk, out_dtype, bias, config)
 

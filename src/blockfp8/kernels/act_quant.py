@@ -2,7 +2,7 @@
 ``deepgemm``): one call gives ``(q, scale)`` in the scale format *and* layout the kernel takes, rows padded to
 ``pad_m``. ``fused=True`` runs the fused Triton kernel (``kernels.triton.act_quant``); ``fused=False`` the
 reference quantizer plus the layout step of ``quant.layouts``. Both give the same bits (tests check it); which
-one runs is decided once per layer by the backend (``Decision.act_quantizer``), never probed here.
+one runs is decided once per layer (``Decision.fused_act_quant``), never probed here.
 """
 
 from __future__ import annotations
