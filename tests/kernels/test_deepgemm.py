@@ -13,32 +13,9 @@ from blockfp8.config import BlockFP8Config
 from blockfp8.kernels import deepgemm as dg
 from blockfp8.nn import BlockFP8Linear
 from blockfp8.platform import detect
-from blockfp8.quant import layouts as L
 from blockfp8.quant import reference as R
 from blockfp8.testing.tolerances import gemm_atol
-
-
-class ComputingDeepGemm:
-    """Records calls; computes what the real kernels compute from scales in the family's layout."""
-
-    def __init__(self, family):
-        self.family, self.calls = family, []
-
-    def _scales(self, sfa, sfb, k):
-        groups = R.cdiv(k, 128)
-        if self.family == 100:
-            assert sfa.dtype == torch.int32 and sfb.dtype == torch.int32
-            assert sfa.stride(-2) == 1 and sfb.stride(-2) == 1, "packed scales must be MN-major"
-            return L.unpack_ue8m0(sfa, groups), L.unpack_ue8m0_per_row(sfb, groups)
-        assert sfa.dtype == torch.float32 and sfa.stride(-2) == 1, "SM90 activation scales must be MN-major"
-        assert sfa.stride(-1) % 4 == 0, "SM90 activation scales must be TMA-aligned"
-        return sfa, sfb
-
-    def fp8_gemm_nt(self, a, b, out):
-        (x_q, sfa), (w_q, sfb) = a, b
-        self.calls.append(("fp8_gemm_nt", tuple(x_q.shape), tuple(w_q.shape)))
-        xs, ws = self._scales(sfa, sfb, x_q.shape[1])
-        out.copy_(R.gemm_reference(x_q, xs, w_q, ws, (128, 128), out.dtype))
+from tests.fake_deep_gemm.computing import ComputingDeepGemm
 
 
 def _platform(arch):

@@ -218,11 +218,19 @@ def test_real_backends_declare_the_grouped_capability():
     from blockfp8.backends.base import offers_grouped_moe
     from blockfp8.backends.registry import get_backend
 
-    assert offers_grouped_moe(get_backend("triton")) and offers_grouped_moe(get_backend("reference"))
-    assert not any(offers_grouped_moe(get_backend(b)) for b in ("scaled_mm", "deepgemm"))
+    assert all(offers_grouped_moe(get_backend(b)) for b in ("deepgemm", "triton", "reference"))
+    assert not offers_grouped_moe(get_backend("scaled_mm"))
 
 
 def test_reference_stays_the_last_resort_for_moe():
     """The reference backend runs a MoE as one operator too, but it never outranks a GPU backend."""
     assert select.preference_order("moe")[-1] == "reference"
     assert select.preference_order("moe")[:2] == ("deepgemm", "triton")
+
+
+def test_a_grouped_backend_always_outranks_a_per_expert_loop():
+    from blockfp8.backends.base import offers_grouped_moe
+    from blockfp8.backends.registry import get_backend
+
+    grouped = [offers_grouped_moe(get_backend(b)) for b in select.preference_order("moe")[:-1]]
+    assert grouped == sorted(grouped, reverse=True), f"order {select.preference_order('moe')}"

@@ -86,6 +86,9 @@ class Decision:
     # MoE: the chosen backend runs all experts in one grouped launch (``prepare_moe`` / ``moe``, see
     # :class:`GroupedMoEBackend`) instead of a per-expert loop of ``gemm``.
     grouped_moe: bool = False
+    # MoE: what runs the experts, in words ("fused_moe (Triton ...)", DeepGEMM's grouped kernels, or a per-expert
+    # loop of the backend's dense GEMM): what ``explain`` shows.
+    moe_kernel: str = ""
     # Whether the fused Triton activation quantizer can feed a GPU kernel here (a CUDA device with Triton, power-of-
     # two groups, float8_e4m3fn); else quant.reference plus the layout step runs. Same bits either way; decided once
     # for the layer, never probed per call. The Triton backend always uses its fused quantizer.
@@ -120,6 +123,7 @@ class Decision:
             "simulated": self.simulated,
             "dispatch": {str(m): str(b) for m, b in self.dispatch},
             "grouped_moe": self.grouped_moe,
+            "moe_kernel": self.moe_kernel,
             "fused_act_quant": self.fused_act_quant,
             "tuned_keys": list(self.tuned_keys),
         }
@@ -195,6 +199,7 @@ class GroupedMoEBackend(GemmBackend, Protocol):
     records it in ``Decision.grouped_moe`` (:func:`offers_grouped_moe`); the MoE layer reads the decision."""
 
     moe_activations: ClassVar[tuple[str, ...]]  # gated activations its kernel fuses ("silu": silu(gate) * up)
+    moe_kernel: ClassVar[str]  # the grouped kernel, in words (``Decision.moe_kernel``)
 
     def prepare_moe(self, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor, w2_scale: torch.Tensor,
                     decision: Decision, intermediate: int, block_size: tuple[int, int],
@@ -215,6 +220,13 @@ def offers_grouped_moe(backend: object) -> bool:
     decision; layers read ``Decision.grouped_moe``, never this)."""
     return bool(getattr(backend, "moe_activations", ())) and callable(getattr(backend, "prepare_moe", None)) \
         and callable(getattr(backend, "moe", None))
+
+
+def moe_kernel_of(backend: object) -> str:
+    """``Decision.moe_kernel`` for a MoE layer on ``backend``: its grouped kernel, else a per-expert loop."""
+    if offers_grouped_moe(backend):
+        return str(getattr(backend, "moe_kernel", "grouped kernel"))
+    return f"per-expert loop of {getattr(backend, 'name', backend)}'s dense GEMM"
 
 
 def check_decision_for(decision: Decision, backend: BackendId) -> None:

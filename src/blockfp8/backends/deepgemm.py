@@ -1,8 +1,12 @@
 """DeepGEMM (``deep_gemm``): block-scaled FP8 GEMMs JIT-compiled for SM90 and SM100/SM103.
 
 On Hopper it takes float32 scales (UE8M0 only when asked); on family 100 its block-scaled MMA takes only UE8M0
-scales, packed 4 per int32 (which is why the accuracy guard exists). ``deep_gemm`` is imported inside methods
-only: importing this module never touches it.
+scales, packed 4 per int32 (which is why the accuracy guard exists). MoE layers run DeepGEMM's grouped kernels
+(``kernels.deepgemm_moe``: the masked kernel for decode, the contiguous one for prefill), never a loop over experts;
+a ``deep_gemm`` without them is skipped for MoE with the reason, so the next grouped backend runs. On a real GPU
+the first support check runs a smoke GEMM in a child process (``kernels.deepgemm.smoke``): a build that crashes
+is skipped with the signal as the reason. ``deep_gemm`` is imported inside methods only: importing this module
+never touches it.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ from blockfp8.backends.base import (
     BackendId,
     Decision,
     GemmProblem,
+    PreparedMoE,
     PreparedWeight,
     ScaleFmt,
     ScaleLayout,
     check_decision_for,
     scales_for_decision,
+    stack_moe_weights,
 )
 from blockfp8.kernels import deepgemm as dg
+from blockfp8.kernels import deepgemm_moe as dg_moe
 from blockfp8.kernels.ops import ops
 
 if TYPE_CHECKING:
@@ -27,12 +34,14 @@ if TYPE_CHECKING:
 
     from blockfp8.platform import Platform
 
-GROUPED_KERNEL = "m_grouped_fp8_gemm_nt_contiguous"
 SUPPORTED_FAMILIES = (90, 100)
 
 
 class DeepGemmBackend:
     name: ClassVar[BackendId] = BackendId.DEEPGEMM
+    moe_activations: ClassVar[tuple[str, ...]] = ("silu",)  # grouped MoE: kernels.deepgemm_moe.fused_moe
+    moe_kernel: ClassVar[str] = (f"DeepGEMM {dg_moe.MASKED_KERNEL} (T <= {dg_moe.MASKED_MAX_TOKENS} tokens) / "
+                                 f"{dg_moe.CONTIGUOUS_KERNEL} (more tokens)")
 
     def is_supported(self, platform: Platform) -> tuple[bool, str]:
         if platform.capability is None:
@@ -46,6 +55,10 @@ class DeepGemmBackend:
             return False, why
         if not hasattr(module, dg.DENSE_KERNEL):
             return False, f"deep_gemm has no {dg.DENSE_KERNEL} (an unsupported version)"
+        if platform.device == "cuda" and not platform.simulated:
+            ok, why = dg.smoke_cached()
+            if not ok:
+                return False, why
         return True, f"deep_gemm with {dg.DENSE_KERNEL} on {platform.arch}"
 
     def can_implement(self, problem: GemmProblem) -> tuple[bool, str]:
@@ -62,8 +75,10 @@ class DeepGemmBackend:
             module, why = dg.load()
             if module is None:
                 return False, why
-            if not hasattr(module, GROUPED_KERNEL):
-                return False, f"grouped (MoE) GEMM needs deep_gemm.{GROUPED_KERNEL}, which this version lacks"
+            missing = [f for f in (*dg_moe.GROUPED_KERNELS, dg_moe.ALIGNMENT_QUERY) if not hasattr(module, f)]
+            if missing:
+                return False, (f"grouped (MoE) GEMMs need deep_gemm.{', deep_gemm.'.join(missing)}, which this "
+                               "version lacks")
         return True, "shape and dtypes fit"
 
     def required_scale_fmt(self, platform: Platform) -> ScaleFmt | None:
@@ -106,3 +121,32 @@ class DeepGemmBackend:
             raise ValueError(f"out_dtype={out_dtype}: DeepGEMM writes bfloat16 only")
         out = ops.gemm_deepgemm(x_q, x_scale, prepared.weight, prepared.scale)
         return out if bias is None else out + bias
+
+    # ------------------------------------------------------------------ grouped MoE (GroupedMoEBackend)
+    def prepare_moe(self, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor, w2_scale: torch.Tensor,
+                    decision: Decision, intermediate: int, block_size: tuple[int, int],
+                    activation: str = "silu") -> PreparedMoE:
+        from blockfp8.quant.layouts import pack_ue8m0_per_row
+
+        check_decision_for(decision, self.name)
+        if activation not in self.moe_activations:
+            raise ValueError(f"deepgemm grouped MoE fuses {', '.join(self.moe_activations)}, not {activation!r}")
+        module, why = dg.load_cached()
+        if module is None:
+            raise RuntimeError(f"deepgemm backend: {why}")
+        prepared = stack_moe_weights(self.name, w13, w13_scale, w2, w2_scale, decision, intermediate, block_size,
+                                     activation)
+        if decision.weight_scale_layout is ScaleLayout.PACKED_UE8M0:  # SM100: one packed scale per weight row
+            prepared.w13_scale = pack_ue8m0_per_row(prepared.w13_scale, prepared.w13.shape[1], block_size[0])
+            prepared.w2_scale = pack_ue8m0_per_row(prepared.w2_scale, prepared.w2.shape[1], block_size[0])
+        # The contiguous kernel's tile height, read once here: what every expert's run is padded to.
+        prepared.extra = {"align_m": int(getattr(module, dg_moe.ALIGNMENT_QUERY)()),
+                          "masked_max_tokens": dg_moe.MASKED_MAX_TOKENS}
+        return prepared
+
+    def moe(self, x: torch.Tensor, prepared: PreparedMoE, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+            decision: Decision) -> torch.Tensor:
+        check_decision_for(decision, self.name)
+        return ops.moe_deepgemm(x, prepared.w13, prepared.w13_scale, prepared.w2, prepared.w2_scale, topk_weights,
+                                topk_ids, decision.act_scale_fmt.value, prepared.extra["align_m"],
+                                prepared.extra["masked_max_tokens"], decision.fused_act_quant)

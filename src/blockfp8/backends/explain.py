@@ -151,7 +151,8 @@ def _kind_lines(e: Explanation, kind: str) -> list[str]:
     d = e.decisions[kind]
     head = (f"{title}: {d.backend!s}, {d.act_scale_fmt!s} activation scales, {d.weight_scale_fmt!s} weight scales"
             f"{' (UE8M0 requant)' if d.requant_weight_ue8m0 else ''}, source: {d.source}{note}")
-    return [head, *(f"  {reason}" for reason in d.reasons)]
+    experts = [f"  experts run by: {d.moe_kernel}"] if kind == "moe" else []
+    return [head, *experts, *(f"  {reason}" for reason in d.reasons)]
 
 
 # ------------------------------------------------------------------------------------------------ audit verdicts

@@ -34,6 +34,7 @@ _OUT_DTYPES = ("bfloat16", "float16", "float32")
 class ReferenceBackend:
     name: ClassVar[BackendId] = BackendId.REFERENCE
     moe_activations: ClassVar[tuple[str, ...]] = ("silu",)  # grouped MoE: quant.reference.moe_reference
+    moe_kernel: ClassVar[str] = "moe_reference (one operator, expert by expert inside)"
 
     def is_supported(self, platform: Platform) -> tuple[bool, str]:
         return True, "pure torch, runs on any device"

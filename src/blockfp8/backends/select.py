@@ -32,6 +32,7 @@ from blockfp8.backends.base import (
     GemmProblem,
     ScaleFmt,
     fused_act_quant_runs,
+    moe_kernel_of,
     offers_grouped_moe,
 )
 from blockfp8.backends.guard import GuardVerdict, guard_verdict
@@ -221,13 +222,14 @@ def resolve(problem: GemmProblem, config: BlockFP8Config | None = None, platform
 
 
 def preference_order(kind: str) -> tuple[BackendId, ...]:
-    """The default order. For MoE, after DeepGEMM, a backend with a grouped kernel (one launch for all experts)
-    comes before one that loops over experts: on Hopper that puts Triton's fused MoE ahead of scaled_mm."""
+    """The default order. For MoE a backend with a grouped kernel (one launch for all experts) always comes before
+    one that loops over experts (DeepGEMM's grouped kernels, then Triton's fused MoE, ahead of scaled_mm on
+    Hopper); the reference is the last resort either way."""
     if kind != "moe":
         return PREFERENCE_ORDER
-    rest = [b for b in PREFERENCE_ORDER if b not in (BackendId.DEEPGEMM, BackendId.REFERENCE)]
+    rest = [b for b in PREFERENCE_ORDER if b is not BackendId.REFERENCE]
     rest.sort(key=lambda b: not offers_grouped_moe(get_backend(b)))  # stable: keeps the order within each group
-    return (BackendId.DEEPGEMM, *rest, BackendId.REFERENCE)  # the reference is the last resort, grouped or not
+    return (*rest, BackendId.REFERENCE)
 
 
 def _dispatch_plan(problem: GemmProblem, platform: Platform, candidates: tuple[BackendId, ...],
@@ -320,6 +322,7 @@ def _decision(problem: GemmProblem, platform: Platform, kind: str, chosen: Backe
         simulated=platform.simulated,
         dispatch=plan,
         grouped_moe=kind == "moe" and offers_grouped_moe(backend),
+        moe_kernel=moe_kernel_of(backend) if kind == "moe" else "",
         fused_act_quant=fused_act_quant_runs(platform, problem),
         tuned_keys=tuned.platform_keys(platform),
     )
@@ -351,6 +354,7 @@ def for_candidate(decision: Decision, backend_id: BackendId | str, platform: Pla
     return replace(decision, backend=backend_id, act_scale_layout=act_layout, weight_scale_layout=weight_layout,
                    use_deep_gemm=backend_id is BackendId.DEEPGEMM, warnings=(), dispatch=(),
                    grouped_moe=decision.kind == "moe" and offers_grouped_moe(backend),
+                   moe_kernel=moe_kernel_of(backend) if decision.kind == "moe" else "",
                    reasons=(*decision.reasons, f"{backend_id}: candidate of the {decision.backend} decision"))
 
 

@@ -38,6 +38,7 @@ MIN_BLOCK = 16  # tl.dot needs tiles of at least 16
 class TritonBackend:
     name: ClassVar[BackendId] = BackendId.TRITON
     moe_activations: ClassVar[tuple[str, ...]] = ("silu",)  # grouped MoE: kernels.triton.moe.fused_moe
+    moe_kernel: ClassVar[str] = "fused_moe (Triton grouped GEMM, one launch per projection)"
 
     def is_supported(self, platform: Platform) -> tuple[bool, str]:
         if platform.capability is None:

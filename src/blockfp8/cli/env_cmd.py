@@ -15,8 +15,14 @@ def run(args: argparse.Namespace) -> int:
 
     from blockfp8 import __version__, platform
 
+    from blockfp8.backends.deepgemm import DeepGemmBackend
+    from blockfp8.kernels import deepgemm
+
     plat = platform.detect(arch=args.arch)
-    info = {"blockfp8": __version__, **plat.as_dict()}
+    # What automatic choice sees: on a real GPU this runs DeepGEMM's smoke GEMM in a child process.
+    dg_ok, dg_why = DeepGemmBackend().is_supported(plat)
+    dg_info = {"usable": dg_ok, "reason": dg_why, "version": deepgemm.version()}
+    info = {"blockfp8": __version__, **plat.as_dict(), "deep_gemm": dg_info}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -28,4 +34,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"family     {plat.family if plat.family is not None else '-'}")
     libs = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in plat.libraries.items())
     print(f"libraries  {libs}")
+    version = f" {dg_info['version']}" if dg_info["version"] else ""
+    print(f"deep_gemm  {'usable' if dg_ok else 'not usable'}{version}: {dg_why}")
     return 0

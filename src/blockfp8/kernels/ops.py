@@ -17,8 +17,9 @@ Operators (all functional: new outputs, inputs untouched):
   padded to ``pad_m``; ``fused`` picks the Triton kernel over the reference (same bits).
 * ``gemm_reference`` / ``gemm_triton`` / ``gemm_scaled_mm`` / ``gemm_deepgemm``: ``out[M, N] = x @ w.T`` with
   per-128-K promotion, from quantized operands in the layouts each kernel takes.
-* ``moe_reference`` / ``moe_triton``: a whole block-FP8 MoE (``quant.reference.moe_reference`` semantics); the
-  Triton one routes on the device with no host sync, so it can be captured in a CUDA graph.
+* ``moe_reference`` / ``moe_triton`` / ``moe_deepgemm``: a whole block-FP8 MoE (``quant.reference.moe_reference``
+  semantics); the Triton and DeepGEMM ones route on the device with no host sync, so they can be captured in a CUDA
+  graph.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ _SCHEMAS = {
                      "Tensor topk_ids, int block_n, int block_k, str scale_fmt, ScalarType act_dtype) -> Tensor",
     "moe_triton": "(Tensor x, Tensor w13, Tensor w13_scale, Tensor w2, Tensor w2_scale, Tensor topk_weights, "
                   "Tensor topk_ids, int block_n, int block_k, str scale_fmt) -> Tensor",
+    "moe_deepgemm": "(Tensor x, Tensor w13, Tensor w13_scale, Tensor w2, Tensor w2_scale, Tensor topk_weights, "
+                    "Tensor topk_ids, str scale_fmt, int align_m, int masked_max_tokens, bool fused_quant) -> Tensor",
 }
 
 
@@ -155,6 +158,23 @@ def _moe_triton(x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, block_n
                          scale_fmt=scale_fmt, out_dtype=torch.float32)
 
 
+def _moe_deepgemm(x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, scale_fmt, align_m, masked_max_tokens,
+                  fused_quant):
+    from blockfp8.kernels import deepgemm, deepgemm_moe
+
+    module, why = deepgemm.load_cached()
+    if module is None:
+        raise RuntimeError(f"deepgemm: {why}")
+    return deepgemm_moe.fused_moe(module, x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids,
+                                  scale_fmt=scale_fmt, align_m=align_m, masked_max_tokens=masked_max_tokens,
+                                  fused_quant=fused_quant)
+
+
+def _moe_deepgemm_fake(x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, scale_fmt, align_m,
+                       masked_max_tokens, fused_quant):
+    return _moe_fake(x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, 128, 128, scale_fmt)
+
+
 def _moe_fake(x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, block_n, block_k, scale_fmt):
     _check(x.dim() == 2, f"moe: expected x [T, H], got shape {tuple(x.shape)}")
     _check(w13.dim() == 3 and w2.dim() == 3 and w13.shape[2] == x.shape[1] == w2.shape[1],
@@ -171,5 +191,6 @@ _register("gemm_scaled_mm", _gemm_scaled_mm, _gemm_scaled_mm_fake)
 _register("gemm_deepgemm", _gemm_deepgemm, _gemm_deepgemm_fake)
 _register("moe_reference", _moe_reference, _moe_reference_fake)
 _register("moe_triton", _moe_triton, _moe_fake)
+_register("moe_deepgemm", _moe_deepgemm, _moe_deepgemm_fake)
 
 ops = torch.ops.blockfp8

@@ -16,3 +16,7 @@ def _kernel(name):
 fp8_gemm_nt = _kernel("fp8_gemm_nt")
 m_grouped_fp8_gemm_nt_contiguous = _kernel("m_grouped_fp8_gemm_nt_contiguous")
 m_grouped_fp8_gemm_nt_masked = _kernel("m_grouped_fp8_gemm_nt_masked")
+
+
+def get_mk_alignment_for_contiguous_layout():  # a query, not a kernel: answers like DeepGEMM on SM90
+    return 128

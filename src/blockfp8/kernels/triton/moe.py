@@ -18,6 +18,7 @@ import functools
 
 import torch
 
+from blockfp8.kernels.routing import expert_runs, padded_capacity, padded_starts
 from blockfp8.kernels.triton import check_device
 from blockfp8.quant.reference import QuantError, cdiv
 
@@ -37,24 +38,13 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     ``cap = T*k + min(E, T*k)*(block_m - 1)`` rounded up to block_m: an upper bound, so no size is read back to the
     host.
     """
-    flat = topk_ids.reshape(-1).to(torch.int64)
-    n_pairs = flat.numel()
-    device = flat.device
-    # not torch.bincount: on CUDA it reads the maximum back to the host to size its output (a sync that breaks
-    # CUDA-graph capture); the caller guarantees ids in [0, num_experts)
-    counts = torch.zeros(num_experts, dtype=torch.int64, device=device).scatter_add_(0, flat, torch.ones_like(flat))
-    padded = (counts + block_m - 1) // block_m * block_m
-    ends = torch.cumsum(padded, 0)
-    starts = ends - padded
-    order = torch.argsort(flat, stable=True)
-    sorted_experts = flat[order]
-    first_of_expert = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(n_pairs, device=device) - first_of_expert[sorted_experts]
-    # at most min(E, pairs) experts hold tokens, each padded by < block_m rows: at decode (few tokens) this keeps
-    # the grid to the blocks that can hold work instead of one block per expert
-    cap = cdiv(n_pairs + min(num_experts, n_pairs) * (block_m - 1), block_m) * block_m
+    runs = expert_runs(topk_ids, num_experts)
+    n_pairs = runs.experts.numel()
+    device = runs.experts.device
+    starts, ends = padded_starts(runs.counts, block_m)
+    cap = padded_capacity(n_pairs, num_experts, block_m)
     sorted_ids = torch.full((cap,), n_pairs, dtype=torch.int32, device=device)
-    sorted_ids[starts[sorted_experts] + rank] = order.to(torch.int32)
+    sorted_ids[starts[runs.experts[runs.order]] + runs.rank] = runs.order.to(torch.int32)
     block_start = torch.arange(0, cap, block_m, device=device)
     expert_ids = torch.searchsorted(ends, block_start, right=True)
     expert_ids = torch.where(expert_ids < num_experts, expert_ids, torch.full_like(expert_ids, -1)).to(torch.int32)
