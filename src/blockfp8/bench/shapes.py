@@ -11,7 +11,9 @@ DECODE_MAX_M = 64
 
 # Qwen3-30B-A3B MoE block: 128 experts, top-8, hidden 2048, expert intermediate 768 (gate+up fused: 2 x 768).
 QWEN3_30B_A3B_MOE = {"num_experts": 128, "top_k": 8, "hidden": 2048, "intermediate": 768}
-MOE_TOKENS: tuple[int, ...] = (1, 16, 256, 4096, 16384)
+# DeepSeek-V3 routed experts: 256 experts, top-8, hidden 7168, expert intermediate 2048.
+DEEPSEEK_V3_MOE = {"num_experts": 256, "top_k": 8, "hidden": 7168, "intermediate": 2048}
+MOE_TOKENS: tuple[int, ...] = (1, 16, 64, 256, 512, 4096, 16384)
 
 # Qwen3-30B-A3B decoder (config.json of Qwen/Qwen3-30B-A3B), random weights.
 QWEN3_30B_A3B = {

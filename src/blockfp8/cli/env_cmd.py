@@ -14,7 +14,6 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from blockfp8 import __version__, platform
-
     from blockfp8.backends.deepgemm import DeepGemmBackend
     from blockfp8.kernels import deepgemm
 
