@@ -40,6 +40,7 @@ def _layers(w_q, w_s, variants, log) -> dict:
 
 def bench_layer(cells, variants=VARIANTS, modes=MODES, reps: int = 50, log=print) -> list[dict]:
     from blockfp8.bench import timing
+    from blockfp8.kernels.deepgemm import version as dg_version
     from blockfp8.quant import reference as R
     from blockfp8.testing.tolerances import gemm_atol
 
@@ -67,7 +68,9 @@ def bench_layer(cells, variants=VARIANTS, modes=MODES, reps: int = 50, log=print
                     if not err <= gemm_atol(ref, torch.bfloat16):
                         raise AssertionError(f"layer {name} M={m} N={n} K={k}: max error {err}")
                     fns[name] = lambda layer=layer, x=x: layer(x)
-                    extra[name] = f"runs {d.backend_for_m(m)}" if name == "auto" else ""
+                    ran = d.backend_for_m(m)
+                    extra[name] = (f"runs {ran}" if name == "auto" else "") + \
+                        (f"; deep_gemm {dg_version()}" if str(ran) == "deepgemm" else "")
                 for mode in modes:
                     us = {}
                     for name, fn in fns.items():

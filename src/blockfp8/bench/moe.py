@@ -54,6 +54,7 @@ def _fp8_variants(w13, w2, names, log) -> dict:
 def bench_moe(models=tuple(MODELS), tokens=shapes.MOE_TOKENS, variants=VARIANTS, modes=MODES, reps: int = 20,
               log=print) -> list[dict]:
     from blockfp8.bench import timing
+    from blockfp8.kernels.deepgemm import version as dg_version
     from blockfp8.quant import reference as R
     from blockfp8.quant.metrics import calc_diff
     from blockfp8.testing.tolerances import E2E_CALC_DIFF
@@ -69,6 +70,7 @@ def bench_moe(models=tuple(MODELS), tokens=shapes.MOE_TOKENS, variants=VARIANTS,
         layers = {"bf16": decoders.Bf16GroupedMoE(w13, w2)} if "bf16" in variants else {}
         layers.update(_fp8_variants(w13, w2, variants, log))
         kernels = {n: ("torch._grouped_mm" if n == "bf16" else l.decision.moe_kernel) for n, l in layers.items()}
+        kernels.update({n: f"{v}; deep_gemm {dg_version()}" for n, v in kernels.items() if n.startswith("deepgemm")})
         for t in tokens:
             x = torch.randn(t, h, device="cuda", dtype=torch.bfloat16)
             tw, ids = decoders.route(torch.randn(t, e, device="cuda"), k)
