@@ -3,14 +3,14 @@
 # Usage: DG_SRC=<DeepGEMM source tree> OUT=<dir> bash benchmarks/run_deepgemm.sh [stages...]
 #   DG_SRC: a DeepGEMM checkout with third-party/cutlass/include and third-party/fmt/include (docs/kernels.md
 #   says which commits); the build goes to $DG_SITE (default /tmp/dgsite), outside the repository.
-#   stages: build wait test switch moe layer (default: all). `build` starts the ~90 s compile in the background,
+#   stages: build wait test moe layer (default: all). `build` starts the ~90 s compile in the background,
 #   `wait` waits for it, so other GPU work can run in between.
 set -o pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/blockfp8_out}
 DG_SITE=${DG_SITE:-/tmp/dgsite}
 mkdir -p "$OUT"
-STAGES=${*:-build wait test switch moe layer}
+STAGES=${*:-build wait test moe layer}
 # DeepGEMM's JIT must see the libstdc++ the extension was built against (else a segfault in its include parser).
 LIBSTDCXX=$(ls /usr/lib/x86_64-linux-gnu/libstdc++.so.6 2>/dev/null)
 with_dg() { PYTHONPATH=$DG_SITE:$PYTHONPATH LD_PRELOAD=$LIBSTDCXX "$@"; }
@@ -23,11 +23,10 @@ for s in $STAGES; do
     wait) while [ ! -f /tmp/dg_build.rc ]; do sleep 5; done
       echo "build rc $(cat /tmp/dg_build.rc)"; tail -3 /tmp/dg_build.log; cp /tmp/dg_build.log "$OUT/"
       with_dg python3 -m blockfp8 env | tee "$OUT/env.txt" ;;
-    test) with_dg timeout 500 python3 -m pytest -q -m gpu tests/kernels/test_deepgemm_gpu.py tests/kernels/test_deepgemm_moe.py \
-        tests/nn/test_moe.py 2>&1 | tail -30 | tee "$OUT/gpu_tests.log" ;;
-    switch) with_dg python3 -m blockfp8 bench moe --models qwen3-30b-a3b,deepseek-v3 --m 1,4,16,32,64,128,256 \
-        --variants deepgemm_masked,deepgemm_contiguous --modes graph --reps 20 --out-dir "$OUT/switch" 2>&1 | tail -20 ;;
-    moe) with_dg python3 -m blockfp8 bench moe --modes eager,graph --reps 20 --out-dir "$OUT" 2>&1 | tail -24 ;;
+    test) with_dg timeout 500 python3 -m pytest -q -m gpu tests/kernels/test_deepgemm_gpu.py tests/nn/test_moe.py \
+        2>&1 | tail -30 | tee "$OUT/gpu_tests.log" ;;
+    moe) with_dg python3 -m blockfp8 bench moe --variants bf16,triton,deepgemm,deepgemm_masked,deepgemm_contiguous \
+        --modes graph --reps 20 --out-dir "$OUT" 2>&1 | tail -24 ;;
     layer) with_dg python3 -m blockfp8 bench layer --modes graph --reps 50 --out-dir "$OUT" 2>&1 | tail -12 ;;
   esac
 done

@@ -73,6 +73,9 @@ class ComputingDeepGemm:
         (x_q, sfa), (w_q, sfb) = a, b
         self.calls.append(("m_grouped_fp8_gemm_nt_masked", tuple(x_q.shape), tuple(w_q.shape)))
         assert masked_m.dtype == torch.int32 and masked_m.shape == (x_q.shape[0],) and expected_m > 0
+        # the kernel addresses [E * max_m, K] as one matrix and stores whole 64- or 128-row tiles: a shorter slab
+        # would let expert e's tile overwrite expert e + 1's rows
+        assert x_q.shape[1] % 128 == 0, f"masked slabs of {x_q.shape[1]} rows are not whole tiles"
         k = x_q.shape[2]
         xs, ws = self._act_scales(sfa, k), self._weight_scales(sfb, k)
         for e in range(x_q.shape[0]):

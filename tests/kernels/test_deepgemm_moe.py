@@ -69,7 +69,7 @@ def test_contiguous_rows_are_tiles_of_one_expert(t, e, k, align):
 @pytest.mark.parametrize("t,e,k", [(1, 8, 2), (13, 4, 2), (9, 128, 8)])
 def test_masked_rows_fill_each_experts_slab_from_the_top(t, e, k):
     _, ids = _routing(t, e, k, seed=t)
-    rows, token, pair_row, masked_m = M.masked_rows(ids, e, t)
+    rows, token, pair_row, masked_m = M.masked_rows(ids, e, t)  # slabs of exactly T rows
     flat = ids.reshape(-1)
     assert torch.equal(masked_m.long(), torch.bincount(flat, minlength=e))
     assert torch.equal(pair_row // t, flat), "each pair sits in its expert's slab"

@@ -6,8 +6,9 @@ silu_and_mul(W13[e_j] @ x[t])``, both activations quantized in 1 x 128 groups) w
 * ``m_grouped_fp8_gemm_nt_contiguous`` (prefill): the routed rows sorted by expert into one ``[M, K]`` matrix,
   each expert's run padded to DeepGEMM's M alignment (its tile height), a per-row expert index (-1 on padding).
   ``M`` is an upper bound from the static shapes (``routing.padded_capacity``), so no size is read back.
-* ``m_grouped_fp8_gemm_nt_masked`` (decode): fixed ``[E, T, K]`` buffers, expert e's rows first, plus a per-expert
-  row count. Cheap when ``E * T`` rows are few; the contiguous form wins above ``masked_max_tokens`` tokens.
+* ``m_grouped_fp8_gemm_nt_masked`` (decode): fixed ``[E, max_m, K]`` buffers (``max_m``: T padded to whole tiles),
+  expert e's rows first, plus a per-expert row count. Cheap when few tokens route; the contiguous form wins above
+  ``masked_max_tokens`` tokens.
 
 Both shapes depend only on ``T`` and the weights, so either form can be captured in a CUDA graph. Activations are
 quantized once (``kernels.act_quant``, row-major float32 scales in the decision's format) and the FP8 rows and
@@ -17,6 +18,7 @@ SM90; packed UE8M0 on SM100, where the weight scales arrive already packed per r
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 import torch
@@ -100,27 +102,43 @@ def moe_contiguous(module: ModuleType, x, w13, s13, w2, s2, topk_weights, topk_i
     return _combine(out, pair_row, topk_weights)
 
 
-def moe_masked(module: ModuleType, x, w13, s13, w2, s2, topk_weights, topk_ids, scale_fmt: str,
+def masked_rows_per_expert(tokens: int, align_m: int) -> int:
+    """Rows of each expert's slab. DeepGEMM addresses the masked operands as one ``[E * max_m, K]`` matrix and
+    writes whole tiles (64 or 128 rows on SM90, its M alignment on SM100), so a slab shorter than a tile would let
+    one expert's tile overwrite the next expert's rows: slabs are padded to a multiple of every tile height."""
+    step = math.lcm(align_m, 128)
+    return cdiv(tokens, step) * step
+
+
+def moe_masked(module: ModuleType, x, w13, s13, w2, s2, topk_weights, topk_ids, scale_fmt: str, align_m: int,
                fused_quant: bool) -> torch.Tensor:
     e, two_i, h = w13.shape
     t, top_k = topk_ids.shape
-    max_m = t
+    max_m = masked_rows_per_expert(t, align_m)
     rows, token, pair_row, masked_m = masked_rows(topk_ids, e, max_m)
     expected_m = max(1, cdiv(t * top_k, e))  # rows per expert on average: DeepGEMM's tile heuristic
     x_q, x_s = _quantize(x, scale_fmt, fused_quant)
-    a = torch.empty((e * max_m, h), dtype=torch.uint8, device=x.device)
-    a[rows] = x_q.view(torch.uint8)[token]
-    # unused rows are computed by partly filled tiles and then ignored; unit scales are valid in either format
-    a_s = torch.ones((e * max_m, x_s.shape[1]), dtype=torch.float32, device=x.device)
-    a_s[rows] = x_s[token]
+    a, a_s = _scatter_rows(x_q.view(torch.uint8)[token], x_s[token], rows, e * max_m)
     inter = torch.empty((e, max_m, two_i), dtype=torch.bfloat16, device=x.device)
     getattr(module, MASKED_KERNEL)((a.view(x_q.dtype).view(e, max_m, h), a_s.view(e, max_m, -1)), (w13, s13),
                                    inter, masked_m, expected_m)
-    a2, a2_s = _quantize(silu_and_mul(inter.view(e * max_m, two_i)), scale_fmt, fused_quant)
+    # SiLU-and-mul and quantization on the routed rows only (the slabs are mostly padding at decode)
+    a2_q, a2_s = _quantize(silu_and_mul(inter.view(e * max_m, two_i)[rows]), scale_fmt, fused_quant)
+    a2, a2_s = _scatter_rows(a2_q.view(torch.uint8), a2_s, rows, e * max_m)
     out = torch.empty((e, max_m, h), dtype=torch.bfloat16, device=x.device)
-    getattr(module, MASKED_KERNEL)((a2.view(e, max_m, -1), a2_s.view(e, max_m, -1)), (w2, s2), out, masked_m,
-                                   expected_m)
+    getattr(module, MASKED_KERNEL)((a2.view(a2_q.dtype).view(e, max_m, -1), a2_s.view(e, max_m, -1)), (w2, s2),
+                                   out, masked_m, expected_m)
     return _combine(out, pair_row, topk_weights)
+
+
+def _scatter_rows(q: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor, total: int):
+    """FP8 rows (as bytes) and their scales placed at ``rows`` of ``[total, K]`` buffers. Rows no pair uses are
+    computed by partly filled tiles and then ignored: unit scales keep them valid in either scale format."""
+    buf = torch.empty((total, q.shape[1]), dtype=torch.uint8, device=q.device)
+    buf[rows] = q
+    buf_s = torch.ones((total, scale.shape[1]), dtype=torch.float32, device=q.device)
+    buf_s[rows] = scale
+    return buf, buf_s
 
 
 def fused_moe(module: ModuleType, x: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
@@ -139,6 +157,7 @@ def fused_moe(module: ModuleType, x: torch.Tensor, w13: torch.Tensor, w13_scale:
         return x.new_zeros(x.shape, dtype=torch.float32)
     x = x.to(torch.bfloat16)
     if kernel_for(x.shape[0], masked_max_tokens) == MASKED_KERNEL:
-        return moe_masked(module, x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, scale_fmt, fused_quant)
+        return moe_masked(module, x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, scale_fmt, align_m,
+                          fused_quant)
     return moe_contiguous(module, x, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, scale_fmt, align_m,
                           fused_quant)
