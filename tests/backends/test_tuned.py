@@ -37,6 +37,20 @@ def test_dispatch_picks_only_among_candidates(tmp_path):
         pick(("GPU",), 1, 2112, 7168, (), table=TABLE)
 
 
+def test_dispatch_compares_only_backends_the_table_timed():
+    cell = {"1": {"backend": "triton", "us": {"scaled_mm": 15.0, "triton": 10.0}},
+            "512": {"backend": "deepgemm", "us": {"scaled_mm": 30.0, "triton": 60.0, "deepgemm": 20.0}},
+            "4096": {"backend": "triton", "us": {"scaled_mm": 90.0, "triton": 80.0, "deepgemm": 85.0}}}
+    table = {"GPU": {"2112,7168": cell}}
+    pick = tuned.dispatch_backend
+    # tuned without DeepGEMM: nothing says triton beats it, so the policy's pick stays
+    assert pick(("GPU",), 1, 2112, 7168, ("deepgemm", "scaled_mm", "triton"), table=table) == "deepgemm"
+    assert pick(("GPU",), 1, 2112, 7168, ("scaled_mm", "triton"), table=table) == "triton"
+    assert pick(("GPU",), 512, 2112, 7168, ("deepgemm", "scaled_mm", "triton"), table=table) == "deepgemm"
+    assert pick(("GPU",), 4096, 2112, 7168, ("deepgemm", "scaled_mm", "triton"), table=table) == "triton"
+    assert pick(("GPU",), 4096, 2112, 7168, ("deepgemm", "scaled_mm"), table=table) == "deepgemm"
+
+
 def test_triton_configs_cover_every_bucket_with_the_nearest_below():
     table = {"sm90": {"576,7168": {"1": {"BLOCK_M": 16}, "64": {"BLOCK_M": 64}, "4096": {"BLOCK_M": 128}}}}
     configs = tuned.triton_configs(("NVIDIA_H200", "sm90"), 576, 7168, table=table)

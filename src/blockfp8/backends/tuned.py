@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -97,17 +98,24 @@ def triton_configs(keys: Iterable[str], n: int, k: int, table: dict | None = Non
 def dispatch_backend(keys: Iterable[str], m: int, n: int, k: int, candidates: Iterable, table: dict | None = None
                      ) -> str:
     """The backend id (string) to run out[m, n] = x[m, k] @ w[n, k].T with, among ``candidates`` (in the policy's
-    preference order): the one measured fastest on this GPU when it is a candidate, else the first candidate."""
+    preference order): the fastest candidate the table measured in this cell, as long as the table measured the
+    first candidate too; else the first candidate (a table that never timed the policy's pick, e.g. tuned without
+    DeepGEMM, cannot say something else beats it)."""
     cands = [str(c) for c in candidates]
     if not cands:
         raise ValueError("tuned.dispatch_backend: no candidate backends (the decision allows none)")
     entry = entry_for(load(DISPATCH_FILE) if table is None else table, keys, n, k)
-    if entry:
-        hit = entry[nearest_bucket(entry, m)]
-        choice = hit["backend"] if isinstance(hit, dict) else hit
-        if choice in cands:
-            return choice
-    return cands[0]
+    if not entry:
+        return cands[0]
+    hit = entry[nearest_bucket(entry, m)]
+    if not isinstance(hit, dict) or "us" not in hit:  # an entry that names only its winner
+        choice = hit.get("backend") if isinstance(hit, dict) else hit
+        return choice if choice in cands else cands[0]
+    timed = {b: us for b, us in hit.get("us", {}).items() if b in cands and isinstance(us, (int, float))
+             and math.isfinite(us)}
+    if cands[0] not in timed:
+        return cands[0]
+    return min(timed, key=lambda b: (timed[b], cands.index(b)))
 
 
 def merge_write(path: str | Path, key: str, per_key: dict) -> None:

@@ -152,10 +152,14 @@ def precompile(cfgs: list[dict], workers: int = 12) -> dict[str, str]:
 
 
 def tune(cells, reps: int = 20, log=print, scale_fmt: str = "float32") -> tuple[dict, dict, list[dict]]:
-    """For each (M bucket, N, K): the fastest Triton config and the fastest backend (triton vs scaled_mm).
+    """For each (M bucket, N, K): the fastest Triton config and the fastest backend (triton vs scaled_mm, and
+    DeepGEMM's dense kernel where it is usable on this GPU and fits the shape).
     Returns (triton table for this GPU, dispatch table for this GPU, rows)."""
+    from blockfp8.backends.deepgemm import DeepGemmBackend
     from blockfp8.backends.tuned import m_bucket
+    from blockfp8.kernels import deepgemm
     from blockfp8.kernels.triton import gemm
+    from blockfp8.platform import detect
     from blockfp8.testing.tolerances import gemm_atol
 
     flush = timing.L2Flusher()
@@ -163,6 +167,7 @@ def tune(cells, reps: int = 20, log=print, scale_fmt: str = "float32") -> tuple[
     dispatch_table: dict[str, dict] = {}
     rows = []
     env = results.environment()
+    with_deepgemm = scale_fmt == "float32" and DeepGemmBackend().is_supported(detect())[0]
     for m, n, k in cells:
         case = GemmCase(m, n, k, scale_fmt)
         ref = case.reference()
@@ -183,6 +188,8 @@ def tune(cells, reps: int = 20, log=print, scale_fmt: str = "float32") -> tuple[
                 raise AssertionError(f"triton cfg={cfg} M={m} N={n} K={k} diff={err} atol={atol}")
             fns[f"cfg{i}"] = fn
         fns["scaled_mm"] = case.variants(("scaled_mm",))["scaled_mm"]
+        if with_deepgemm and n % deepgemm.N_ALIGN == 0 and k % deepgemm.K_ALIGN == 0:
+            fns["deepgemm"] = case.variants(("deepgemm",))["deepgemm"]
         times = timing.time_kernels(fns, reps=reps, flush=flush)
         med = {name: timing.median(t) for name, t in times.items()}
         ranked = sorted((v, name) for name, v in med.items() if name.startswith("cfg") and not math.isnan(v))
@@ -192,10 +199,13 @@ def tune(cells, reps: int = 20, log=print, scale_fmt: str = "float32") -> tuple[
         cfg = cfgs[int(best[1][3:])]
         gemm_table.setdefault(f"{n},{k}", {})[str(m_bucket(m))] = cfg
         sm = med.get("scaled_mm", float("nan"))
-        pick = "triton" if math.isnan(sm) or best[0] < sm else "scaled_mm"
+        timed = {"triton": best[0], "scaled_mm": sm, **({"deepgemm": med["deepgemm"]} if "deepgemm" in med else {})}
+        timed = {b: v for b, v in timed.items() if not math.isnan(v)}
+        pick = min(timed, key=timed.get)
         dispatch_table.setdefault(f"{n},{k}", {})[str(m_bucket(m))] = {
-            "backend": pick, "us": {"triton": round(best[0], 2), "scaled_mm": round(sm, 2)}}
-        log(f"M={m} N={n} K={k}: best triton {best[0]:.1f}us {cfg}  scaled_mm {sm:.1f}us -> {pick}")
+            "backend": pick, "us": {b: round(v, 2) for b, v in timed.items()}}
+        log(f"M={m} N={n} K={k}: best triton {best[0]:.1f}us {cfg}  scaled_mm {sm:.1f}us"
+            f"{'  deepgemm {:.1f}us'.format(timed['deepgemm']) if 'deepgemm' in timed else ''} -> {pick}")
         rows.append({"bench": "tune", "m": m, "n": n, "k": k, "variant": "triton_best", "us": best[0],
                      "extra": str(cfg), **env})
     return gemm_table, dispatch_table, rows

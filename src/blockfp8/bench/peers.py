@@ -2,7 +2,8 @@
 
 ``bf16`` cuBLAS, ``fp8_tensor`` (per-tensor-scaled cuBLAS FP8: an upper bound for any block-scaled kernel),
 ``scaled_mm`` (torch's blockwise cuBLASLt: 1x128 activations, 128x128 weights; SM90 only; the call the
-``scaled_mm`` backend makes, ``kernels.scaled_mm``), ``triton`` (our kernel with the config the Triton backend would
+``scaled_mm`` backend makes, ``kernels.scaled_mm``), ``deepgemm`` (its dense kernel, SM90 scale layout, where
+installed), ``triton`` (our kernel with the config the Triton backend would
 use on this GPU: tuned, else the heuristic) and ``auto`` (per-shape dispatch over the allowed backends from the
 shipped table, as the policy reads it). Activations are quantized before timing: these time the GEMM alone
 (``bench quant`` times quantization).
@@ -58,6 +59,15 @@ class GemmCase:
                 cfg = self.triton_config()
                 out[name] = lambda cfg=cfg: gemm.fp8_block_gemm(self.x_q, self.x_s, self.w_q, self.w_s,
                                                                 (128, 128), torch.bfloat16, config=cfg)
+            elif name == "deepgemm":  # SM90 layout: MN-major TMA-aligned activation scales, float32 blocks
+                from blockfp8.kernels import deepgemm
+                from blockfp8.quant.layouts import to_mn_major
+
+                module, why = deepgemm.load_cached()
+                if module is None:
+                    raise RuntimeError(why)
+                x_s = to_mn_major(self.x_s)
+                out[name] = lambda x_s=x_s, module=module: deepgemm.gemm(module, self.x_q, x_s, self.w_q, self.w_s)
             elif name == "auto":
                 pick = self.auto_pick()
                 out[name] = out.get(pick) or self.variants((pick,))[pick]
