@@ -156,3 +156,35 @@ def test_smoke_gemm_runs_in_a_child_process(tmp_path, monkeypatch, behaviour):
         assert not ok and "crashes (signal SIGSEGV)" in why, why
     else:
         assert not ok and "smoke GEMM fails (exit 1): wrong result: 16384 of 16384" in why, why
+
+
+def test_moe_dispatch_runs_the_measured_fastest_grouped_backend_per_token_count(stand_in, monkeypatch):
+    """Automatic choice keeps the policy's MoE decision (DeepGEMM) and, as dense layers do per M, runs the grouped
+    backend the shipped MoE table measured fastest for the call's token count."""
+    from blockfp8.backends import tuned
+
+    e, k, h, i = 6, 2, 256, 128
+    stand_in["module"] = ComputingDeepGemm(90)
+    table = {"NVIDIA_H200": {tuned.moe_shape_key(e, 2 * i, h): {
+        "1": {"backend": "triton", "us": {"triton": 10.0, "deepgemm": 20.0}},
+        "64": {"backend": "deepgemm", "us": {"triton": 30.0, "deepgemm": 20.0}}}}}
+    real = tuned.load
+    monkeypatch.setattr(tuned, "load", lambda file, path=None: table if file == tuned.MOE_DISPATCH_FILE
+                        else real(file, path))
+    g = torch.Generator().manual_seed(0)
+    ex = BlockFP8Experts.from_fused((torch.randn(e, 2 * i, h, generator=g) * 0.05).to(torch.bfloat16),
+                                    (torch.randn(e, h, i, generator=g) * 0.05).to(torch.bfloat16),
+                                    act_fn=torch.nn.SiLU(), platform=_platform("sm_90", simulated=False,
+                                                                                gpu_name="NVIDIA H200"))
+    d = ex.decisions["w13"]
+    assert d.backend == "deepgemm" and d.dispatch == ((32, "triton"), (8192, "deepgemm")), d.dispatch
+    assert any("per tokens from the MoE table for NVIDIA_H200" in r for r in d.reasons)
+    for t, ran in ((13, "triton"), (67, "deepgemm")):
+        stand_in["module"].calls.clear()
+        tw, ids = _routing(t, e, k, seed=t)
+        x = torch.randn(t, h, generator=g).to(torch.bfloat16)
+        out = ex(x, ids, tw)
+        p = ex.prepared_moe
+        ref = R.moe_reference(x, p.w13, p.w13_scale, p.w2, p.w2_scale, tw, ids, p.block_size)
+        assert calc_diff(out.double(), ref.double()) < E2E_CALC_DIFF
+        assert bool(stand_in["module"].calls) == (ran == "deepgemm"), (t, stand_in["module"].calls)

@@ -217,7 +217,9 @@ def resolve(problem: GemmProblem, config: BlockFP8Config | None = None, platform
     if guarded is not None:
         warnings.append(_guard_warning(kind, config.model_type, platform, guarded, chosen, caps[chosen]))
     candidates = tuple(b for b in allowed if caps[b].scale_fmt is caps[chosen].scale_fmt)
-    plan = _dispatch_plan(problem, platform, candidates, notes) if kind == "linear" else ()
+    if kind == "moe" and offers_grouped_moe(get_backend(chosen)):  # dispatch never falls to a per-expert loop
+        candidates = tuple(b for b in candidates if offers_grouped_moe(get_backend(b)))
+    plan = _dispatch_plan(problem, platform, candidates, notes, kind)
     return _decision(problem, platform, kind, chosen, source, caps, notes, warnings, candidates, plan)
 
 
@@ -233,17 +235,21 @@ def preference_order(kind: str) -> tuple[BackendId, ...]:
 
 
 def _dispatch_plan(problem: GemmProblem, platform: Platform, candidates: tuple[BackendId, ...],
-                   notes: list[str]) -> tuple[tuple[int, BackendId], ...]:
-    """Per-M-bucket backends from the shipped tuned table for this GPU model, within ``candidates`` (automatic
-    choice only: an explicit choice has one candidate). Consecutive buckets with the same backend are merged;
-    empty when the first candidate serves every M."""
+                   notes: list[str], kind: str = "linear") -> tuple[tuple[int, BackendId], ...]:
+    """Per-M-bucket backends (tokens per call for MoE) from the shipped tuned table for this GPU model, within
+    ``candidates`` (automatic choice only: an explicit choice has one candidate). Consecutive buckets with the same
+    backend are merged; empty when the first candidate serves every M."""
     keys = tuned.platform_keys(platform)
     if len(candidates) < 2 or not keys:
         return ()
     gpu = keys[0]
     plan: list[tuple[int, BackendId]] = []
     for bucket in tuned.M_BUCKETS:
-        backend = parse_backend_id(tuned.dispatch_backend(keys, bucket, problem.n, problem.k, candidates))
+        if kind == "moe":
+            pick = tuned.moe_dispatch_backend(keys, bucket, problem.num_experts, problem.n, problem.k, candidates)
+        else:
+            pick = tuned.dispatch_backend(keys, bucket, problem.n, problem.k, candidates)
+        backend = parse_backend_id(pick)
         if plan and plan[-1][1] is backend:
             plan[-1] = (bucket, backend)
         else:
@@ -254,8 +260,9 @@ def _dispatch_plan(problem: GemmProblem, platform: Platform, candidates: tuple[B
     for bucket, backend in plan:
         shown.append(f"M {lo}..{bucket}: {backend}" if bucket != plan[-1][0] else f"M >= {lo}: {backend}")
         lo = bucket + 1
-    notes.append(f"dispatch: per M bucket from the tuned table for {gpu}, N={problem.n} K={problem.k}: "
-                 + ", ".join(shown))
+    what = f"tokens from the MoE table for {gpu}, E={problem.num_experts}" if kind == "moe" else \
+        f"M bucket from the tuned table for {gpu}"
+    notes.append(f"dispatch: per {what}, N={problem.n} K={problem.k}: " + ", ".join(shown))
     return tuple(plan)
 
 

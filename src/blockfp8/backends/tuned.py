@@ -25,6 +25,9 @@ from blockfp8.atomic import write_text
 from blockfp8.platform import Platform
 
 DISPATCH_FILE = "dispatch.json"
+# MoE layers: per token bucket, the fastest grouped MoE backend measured for a layer shape, keyed
+# "E<experts>:<N>,<K>" with N, K of the gate/up GEMM (2I, H).
+MOE_DISPATCH_FILE = "moe_dispatch.json"
 TRITON_GEMM_FILE = "triton_gemm.json"
 M_BUCKETS = (1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -105,14 +108,36 @@ def dispatch_backend(keys: Iterable[str], m: int, n: int, k: int, candidates: It
     if not cands:
         raise ValueError("tuned.dispatch_backend: no candidate backends (the decision allows none)")
     entry = entry_for(load(DISPATCH_FILE) if table is None else table, keys, n, k)
+    return _fastest(entry, m, cands)
+
+
+def moe_shape_key(num_experts: int, n: int, k: int) -> str:
+    return f"E{num_experts}:{n},{k}"
+
+
+def moe_dispatch_backend(keys: Iterable[str], tokens: int, num_experts: int, n: int, k: int, candidates: Iterable,
+                         table: dict | None = None) -> str:
+    """Like :func:`dispatch_backend` for a MoE layer of ``num_experts`` experts whose gate/up GEMM is ``N x K``,
+    run on ``tokens`` tokens, among grouped MoE ``candidates``."""
+    cands = [str(c) for c in candidates]
+    if not cands:
+        raise ValueError("tuned.moe_dispatch_backend: no candidate backends (the decision allows none)")
+    data = load(MOE_DISPATCH_FILE) if table is None else table
+    for key in keys:
+        entry = data.get(key, {}).get(moe_shape_key(num_experts, n, k))
+        if entry:
+            return _fastest({int(b): v for b, v in entry.items()}, tokens, cands)
+    return cands[0]
+
+
+def _fastest(entry: dict, m: int, cands: list[str]) -> str:
     if not entry:
         return cands[0]
     hit = entry[nearest_bucket(entry, m)]
     if not isinstance(hit, dict) or "us" not in hit:  # an entry that names only its winner
         choice = hit.get("backend") if isinstance(hit, dict) else hit
         return choice if choice in cands else cands[0]
-    timed = {b: us for b, us in hit.get("us", {}).items() if b in cands and isinstance(us, (int, float))
-             and math.isfinite(us)}
+    timed = {b: us for b, us in hit["us"].items() if b in cands and isinstance(us, (int, float)) and math.isfinite(us)}
     if cands[0] not in timed:
         return cands[0]
     return min(timed, key=lambda b: (timed[b], cands.index(b)))

@@ -93,6 +93,9 @@ class BlockFP8Experts(nn.Module):
         self.prepared: list[dict[str, PreparedWeight]] = []
         self.prepared_moe: PreparedMoE | None = None  # set when the decisions' backend runs the grouped kernel
         self._backends: dict[str, object] = {}
+        # grouped execution: backend id -> (backend, its decision, its prepared weights), the chosen backend plus
+        # the per-token dispatch plan's
+        self._moe_runners: dict = {}
         self.create_weights(device)
 
     # ------------------------------------------------------------------ weights
@@ -141,7 +144,7 @@ class BlockFP8Experts(nn.Module):
                              f"{tuple(s_all.shape[1:])}")
         w_all[expert].copy_(weight)
         s_all[expert].copy_(s)
-        self.decisions, self.prepared, self.prepared_moe = {}, [], None
+        self.decisions, self.prepared, self.prepared_moe, self._moe_runners = {}, [], None, {}
 
     @classmethod
     def from_fused(
@@ -207,15 +210,25 @@ class BlockFP8Experts(nn.Module):
         for d in decisions.values():
             select.log_decision(d)
         backends = {k: select.get_backend(d.backend) for k, d in decisions.items()}
-        self.prepared, self.prepared_moe = [], None
+        self.prepared, self.prepared_moe, self._moe_runners = [], None, {}
         if self._grouped(decisions, backends["w13"]):
-            self.prepared_moe = backends["w13"].prepare_moe(
-                self.w13_weight.data, self.w13_weight_scale_inv.data, self.w2_weight.data,
-                self.w2_weight_scale_inv.data, decisions["w13"], i, self.block_size, activation_name(self.act_fn))
+            self.prepared_moe = self._prepare_grouped(backends["w13"], decisions["w13"])
+            self._moe_runners = {decisions["w13"].backend: (backends["w13"], decisions["w13"], self.prepared_moe)}
+            # per-token dispatch (automatic choice, from the shipped MoE table): every grouped backend of the plan
+            for _, backend_id in decisions["w13"].dispatch:
+                if backend_id not in self._moe_runners:
+                    cand = select.for_candidate(decisions["w13"], backend_id, platform)
+                    other = select.get_backend(backend_id)
+                    self._moe_runners[backend_id] = (other, cand, self._prepare_grouped(other, cand))
         else:
             self.prepared = self._prepare_per_expert(decisions, backends)
         self.decisions, self._backends = decisions, backends
         return decisions
+
+    def _prepare_grouped(self, backend, decision: Decision) -> PreparedMoE:
+        return backend.prepare_moe(self.w13_weight.data, self.w13_weight_scale_inv.data, self.w2_weight.data,
+                                   self.w2_weight_scale_inv.data, decision, self.intermediate_size, self.block_size,
+                                   activation_name(self.act_fn))
 
     def _grouped(self, decisions: dict[str, Decision], backend: object) -> bool:
         """One grouped launch when both GEMMs' decisions name a backend that offers it (``Decision.grouped_moe``),
@@ -279,7 +292,9 @@ class BlockFP8Experts(nn.Module):
             # expert weights in the kernel).
             torch._assert_async(((top_k_index >= 0) & (top_k_index < self.num_experts)).all(),
                                 f"{label}: expert index out of range [0, {self.num_experts})")
-            out = self._backends["w13"].moe(x, self.prepared_moe, top_k_weights, top_k_index, self.decisions["w13"])
+            # the token count is static in a graph or a compiled shape: the dispatch is settled at trace time
+            backend, decision, prepared = self._moe_runners[self.decisions["w13"].backend_for_m(x.shape[0])]
+            out = backend.moe(x, prepared, top_k_weights, top_k_index, decision)
             return out.to(hidden_states.dtype)
         k = top_k_index.shape[1]
         flat = top_k_index.reshape(-1).to(torch.int64)
