@@ -77,3 +77,22 @@ def test_load_reports_a_missing_library(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "deep_gemm", None)
     module, why = dg.load()
     assert module is None and "deep_gemm" in why
+
+
+@pytest.mark.parametrize("arch", ["sm_90", "sm_100"])
+def test_ragged_k_runs_on_a_weight_padded_once(computing_deep_gemm, arch):
+    """K=600 is not a whole number of 128-wide blocks: the weight gets zero columns once at load and the
+    activation per call, and the product is the unpadded one."""
+    n, k, m = 192, 600, 7
+    computing_deep_gemm["family"] = 100 if arch == "sm_100" else 90
+    g = torch.Generator().manual_seed(5)
+    w_q, w_s = R.quantize_weight(torch.randn(n, k, generator=g), (128, 128), "ue8m0")
+    layer = BlockFP8Linear.from_fp8(w_q, w_s, config=BlockFP8Config(linear_backend="deepgemm"),
+                                    platform=_platform(arch))
+    assert tuple(layer.prepared.weight.shape) == (n, 640)
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    out = layer(x)
+    assert computing_deep_gemm["module"].calls == [("fp8_gemm_nt", (m, 640), (n, 640))]
+    x_q, x_s = R.quantize_act(x, 128, "ue8m0")
+    ref = R.gemm_reference(x_q, x_s, w_q, w_s, (128, 128), torch.float32)
+    assert (out.float() - ref).abs().max() <= gemm_atol(ref, torch.bfloat16)

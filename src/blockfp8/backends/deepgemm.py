@@ -68,9 +68,10 @@ class DeepGemmBackend:
             return False, f"fp8 dtype {problem.fp8_dtype}: DeepGEMM takes float8_e4m3fn only"
         if tuple(problem.block_size) != (128, 128):
             return False, f"weight block size {list(problem.block_size)}: DeepGEMM takes [128, 128] only"
-        if problem.n % dg.N_ALIGN or problem.k % dg.K_ALIGN:
-            return False, (f"N={problem.n}, K={problem.k}: DeepGEMM needs N % {dg.N_ALIGN} == 0 and "
-                           f"K % {dg.K_ALIGN} == 0")
+        if problem.n % dg.N_ALIGN:
+            return False, f"N={problem.n}: DeepGEMM needs N % {dg.N_ALIGN} == 0"
+        if problem.k % dg.K_ALIGN and problem.grouped:
+            return False, f"K={problem.k}: DeepGEMM's grouped kernels need K % {dg.K_ALIGN} == 0"
         if problem.grouped:
             module, why = dg.load()
             if module is None:
@@ -79,6 +80,9 @@ class DeepGemmBackend:
             if missing:
                 return False, (f"grouped (MoE) GEMMs need deep_gemm.{', deep_gemm.'.join(missing)}, which this "
                                "version lacks")
+        if problem.k % dg.K_ALIGN:
+            return True, (f"K={problem.k} padded with zeros to a multiple of {dg.K_ALIGN} (weight once, "
+                          "activation per call)")
         return True, "shape and dtypes fit"
 
     def required_scale_fmt(self, platform: Platform) -> ScaleFmt | None:
@@ -91,10 +95,12 @@ class DeepGemmBackend:
 
     def prepare_weight(self, w_q: torch.Tensor, w_scale: torch.Tensor, decision: Decision,
                        block_size: tuple[int, int]) -> PreparedWeight:
+        from blockfp8.kernels.act_quant import pad_columns
         from blockfp8.quant.layouts import pack_ue8m0_per_row
 
         check_decision_for(decision, self.name)
         weight, scale, checkpoint_scale = scales_for_decision(w_q, w_scale, decision, block_size)
+        weight = pad_columns(weight, dg.K_ALIGN).contiguous()
         if decision.weight_scale_layout is ScaleLayout.PACKED_UE8M0:
             # SM100 takes one scale per weight row and 128-K group: the 128-row blocks broadcast, then packed.
             scale = pack_ue8m0_per_row(scale, w_q.shape[0], block_size[0])
@@ -107,11 +113,14 @@ class DeepGemmBackend:
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
+        from blockfp8.kernels.act_quant import pad_columns
+
         # The scales go straight into this family's layout: MN-major float32 (SM90) or packed UE8M0 (SM100).
         check_decision_for(decision, self.name)
-        return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value,
-                                decision.act_scale_layout.value, 1, getattr(torch, decision.fp8_dtype),
-                                decision.fused_act_quant)
+        x_q, scale = ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value,
+                                      decision.act_scale_layout.value, 1, getattr(torch, decision.fp8_dtype),
+                                      decision.fused_act_quant)
+        return pad_columns(x_q, dg.K_ALIGN), scale
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:

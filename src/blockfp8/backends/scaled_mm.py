@@ -59,8 +59,11 @@ class ScaledMMBackend:
             return False, f"fp8 dtype {problem.fp8_dtype}: scaled_mm takes float8_e4m3fn only"
         if tuple(problem.block_size) != (128, 128):
             return False, f"weight block size {list(problem.block_size)}: cuBLASLt takes [128, 128] only"
-        if problem.k % K_ALIGN or problem.n % N_ALIGN:
-            return False, f"N={problem.n}, K={problem.k}: scaled_mm needs N % {N_ALIGN} == 0 and K % {K_ALIGN} == 0"
+        if problem.n % N_ALIGN:
+            return False, f"N={problem.n}: scaled_mm needs N % {N_ALIGN} == 0"
+        if problem.k % K_ALIGN:
+            return True, (f"K={problem.k} padded with zeros to a multiple of {K_ALIGN} (weight once, "
+                          "activation per call)")
         return True, "shape and dtypes fit"
 
     def required_scale_fmt(self, platform: Platform) -> ScaleFmt | None:
@@ -71,16 +74,18 @@ class ScaledMMBackend:
 
     def prepare_weight(self, w_q: torch.Tensor, w_scale: torch.Tensor, decision: Decision,
                        block_size: tuple[int, int]) -> PreparedWeight:
+        from blockfp8.kernels.act_quant import pad_columns
         from blockfp8.kernels.scaled_mm import pad_weight_scale
 
         check_decision_for(decision, self.name)
         weight, scale, checkpoint_scale = scales_for_decision(w_q, w_scale, decision, block_size)
-        return PreparedWeight(self.name, weight, pad_weight_scale(scale), checkpoint_weight=w_q,
-                              checkpoint_scale=checkpoint_scale, block_size=tuple(block_size))
+        return PreparedWeight(self.name, pad_columns(weight, K_ALIGN).contiguous(), pad_weight_scale(scale),
+                              checkpoint_weight=w_q, checkpoint_scale=checkpoint_scale, block_size=tuple(block_size))
 
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
+        from blockfp8.kernels.act_quant import pad_columns
         from blockfp8.kernels.scaled_mm import M_ALIGN
 
         # M-major scales written directly, rows padded to a multiple of 4 in the storage behind the returned
@@ -89,7 +94,7 @@ class ScaledMMBackend:
         x2 = x.reshape(-1, x.shape[-1])
         x_q, scale = ops.quantize_act(x2, group_size, decision.act_scale_fmt.value, decision.act_scale_layout.value,
                                       M_ALIGN, getattr(torch, decision.fp8_dtype), decision.fused_act_quant)
-        return x_q[:x2.shape[0]], scale[:x2.shape[0]]
+        return pad_columns(x_q, K_ALIGN)[:x2.shape[0]], scale[:x2.shape[0]]
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -36,6 +36,18 @@ def quantize_act(x: torch.Tensor, group_size: int = 128, scale_fmt: ScaleFmt | s
     return q, to_layout(s, layout)
 
 
+def pad_columns(q: torch.Tensor, multiple: int) -> torch.Tensor:
+    """FP8 ``q [R, K]`` with zero columns up to a multiple of ``multiple`` (``q`` itself when K already is one).
+
+    Kernels that take only whole 128-wide K blocks (cuBLASLt's block scaling, DeepGEMM) run a ragged K this way:
+    the weight is padded once at load, the activation per call. A K group's scale is the same with or without the
+    zeros (they do not change its amax), so the product is the unpadded one."""
+    pad = -q.shape[-1] % multiple
+    if not pad:
+        return q
+    return torch.nn.functional.pad(q.view(torch.uint8), (0, pad)).view(q.dtype)
+
+
 def fused_quantizer_fits(group_size: int, fp8_dtype: str) -> bool:
     """Whether the fused Triton quantizer can serve this layer (power-of-two groups >= 16, float8_e4m3fn out);
     the backend also needs Triton on a CUDA device."""

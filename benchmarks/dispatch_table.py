@@ -1,0 +1,58 @@
+"""Write the shipped dense dispatch table (``data/tuned/dispatch.json``) from a `blockfp8 bench layer` CSV.
+
+    python benchmarks/dispatch_table.py benchmarks/results/nvidia_h200/deepgemm/layer.csv \\
+        --hold-out 4096x12288,8192x8192,5120x2880 [--gpu NVIDIA_H200 --family sm90]
+
+Per (N, K) and M bucket: the CUDA-graph time of a whole layer call (activation quantization included) of each
+backend that ran (``scaled_mm``, ``triton``, ``deepgemm``), and the fastest. Whole-layer times are what a user's
+model sees; ``blockfp8 tune`` fills the same table from GEMM-only times (and the Triton configs). Shapes given to
+``--hold-out`` are left out, so the benchmark can check the policy on shapes the table never saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+
+from blockfp8.backends import tuned
+
+BACKENDS = ("scaled_mm", "triton", "deepgemm")
+
+
+def table_from_csv(path: str, hold_out: set[tuple[int, int]]) -> dict:
+    out: dict[str, dict] = {}
+    for r in csv.DictReader(open(path)):
+        name = r["variant"].removesuffix("_graph")
+        n, k, m = int(r["n"]), int(r["k"]), int(r["m"])
+        if name not in BACKENDS or (n, k) in hold_out or not r["us"] or math.isnan(float(r["us"])):
+            continue
+        cell = out.setdefault(f"{n},{k}", {}).setdefault(str(tuned.m_bucket(m)), {"us": {}})
+        cell["us"][name] = round(float(r["us"]), 2)
+    for cells in out.values():
+        for cell in cells.values():
+            cell["backend"] = min(cell["us"], key=cell["us"].get)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("csv")
+    ap.add_argument("--hold-out", default="", help="comma list of NxK shapes to leave out")
+    ap.add_argument("--gpu", default="NVIDIA_H200")
+    ap.add_argument("--family", default="sm90")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "src" / "blockfp8" / "data" / "tuned"
+                                      / tuned.DISPATCH_FILE))
+    args = ap.parse_args()
+    hold = {tuple(int(v) for v in s.split("x")) for s in args.hold_out.split(",") if s}
+    table = table_from_csv(args.csv, hold)
+    for key in (args.gpu, args.family):
+        tuned.merge_write(args.out, key, table)
+    for nk, cells in table.items():
+        print(nk, ", ".join(f"M<={b}: {c['backend']}" for b, c in sorted(cells.items(), key=lambda x: int(x[0]))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
