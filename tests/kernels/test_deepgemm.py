@@ -93,6 +93,6 @@ def test_ragged_k_runs_on_a_weight_padded_once(computing_deep_gemm, arch):
     x = torch.randn(m, k, generator=g).to(torch.bfloat16)
     out = layer(x)
     assert computing_deep_gemm["module"].calls == [("fp8_gemm_nt", (m, 640), (n, 640))]
-    x_q, x_s = R.quantize_act(x, 128, "ue8m0")
+    x_q, x_s = R.quantize_act(x, 128, str(layer.decision.act_scale_fmt))
     ref = R.gemm_reference(x_q, x_s, w_q, w_s, (128, 128), torch.float32)
     assert (out.float() - ref).abs().max() <= gemm_atol(ref, torch.bfloat16)
