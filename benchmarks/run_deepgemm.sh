@@ -25,7 +25,7 @@ for s in $STAGES; do
       with_dg python3 -m blockfp8 env | tee "$OUT/env.txt" ;;
     test) with_dg timeout 500 python3 -m pytest -q -m gpu tests/kernels/test_deepgemm_gpu.py tests/nn/test_moe.py \
         2>&1 | tail -30 | tee "$OUT/gpu_tests.log" ;;
-    moe) with_dg python3 -m blockfp8 bench moe --variants bf16,triton,deepgemm,deepgemm_masked,deepgemm_contiguous \
+    moe) with_dg python3 -m blockfp8 bench moe --variants bf16,triton,deepgemm,auto,deepgemm_masked,deepgemm_contiguous \
         --modes graph --reps 20 --out-dir "$OUT" 2>&1 | tail -24 ;;
     layer) with_dg python3 -m blockfp8 bench layer --modes graph --reps 50 --out-dir "$OUT" 2>&1 | tail -12 ;;
   esac

@@ -5,6 +5,7 @@ tokens, on Qwen3-30B-A3B shapes (128 experts, top-8, hidden 2048, expert interme
 Variants: ``bf16`` is a grouped MoE on ``torch._grouped_mm`` (``bench.decoders.Bf16GroupedMoE``); ``triton`` is
 ``BlockFP8Experts`` on Triton's fused MoE; ``deepgemm`` on DeepGEMM's grouped kernels (masked up to
 ``masked_max_tokens`` tokens, contiguous above), where DeepGEMM is installed and passes its smoke GEMM;
+``auto`` is the layer the policy builds with no setting (with its per-token dispatch between grouped backends);
 ``deepgemm_masked`` / ``deepgemm_contiguous`` force one DeepGEMM kernel at every token count (what the switch
 point was measured with). Every variant shares one set of quantized weights. Each runs eager (wall time per call,
 host overhead included) and replayed from a CUDA graph (the whole block captured once: routing, quantization and
@@ -22,7 +23,7 @@ from blockfp8.bench import decoders, results, shapes
 
 MODES = ("eager", "graph")
 MODELS = {"qwen3-30b-a3b": shapes.QWEN3_30B_A3B_MOE, "deepseek-v3": shapes.DEEPSEEK_V3_MOE}
-VARIANTS = ("bf16", "triton", "deepgemm")
+VARIANTS = ("bf16", "triton", "deepgemm", "auto")  # auto: the policy's choice with its per-token dispatch
 FORCED = {"deepgemm_masked": 1 << 30, "deepgemm_contiguous": 0}  # masked_max_tokens forcing one DeepGEMM kernel
 CHECK_MAX_TOKENS = 512  # the per-expert reference is slow beyond
 MASKED_BENCH_MAX_TOKENS = 1024  # forced masked slabs are E x T rows: gigabytes beyond
@@ -70,7 +71,9 @@ def bench_moe(models=tuple(MODELS), tokens=shapes.MOE_TOKENS, variants=VARIANTS,
         w2 = torch.randn(e, h, i, device="cuda", dtype=torch.bfloat16) * i ** -0.5
         layers = {"bf16": decoders.Bf16GroupedMoE(w13, w2)} if "bf16" in variants else {}
         layers.update(_fp8_variants(w13, w2, variants, log))
-        kernels = {n: ("torch._grouped_mm" if n == "bf16" else l.decision.moe_kernel) for n, l in layers.items()}
+        kernels = {n: ("torch._grouped_mm" if n == "bf16" else l.decision.moe_kernel
+                       + (f"; dispatch {_plan(l.decision)}" if l.decision.dispatch else ""))
+                   for n, l in layers.items()}
         kernels.update({n: f"{v}; deep_gemm {dg_version()}" for n, v in kernels.items() if n.startswith("deepgemm")})
         for t in tokens:
             x = torch.randn(t, h, device="cuda", dtype=torch.bfloat16)
@@ -108,6 +111,10 @@ def bench_moe(models=tuple(MODELS), tokens=shapes.MOE_TOKENS, variants=VARIANTS,
         del layers, w13, w2
         torch.cuda.empty_cache()
     return rows
+
+
+def _plan(decision) -> str:
+    return " ".join(f"<={m}:{b}" for m, b in decision.dispatch)
 
 
 def _block_scales(p):
