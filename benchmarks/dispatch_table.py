@@ -6,7 +6,8 @@
 Per (N, K) and M bucket: the CUDA-graph time of a whole layer call (activation quantization included) of each
 backend that ran (``scaled_mm``, ``triton``, ``deepgemm``), and the fastest. Whole-layer times are what a user's
 model sees; ``blockfp8 tune`` fills the same table from GEMM-only times (and the Triton configs). Shapes given to
-``--hold-out`` are left out, so the benchmark can check the policy on shapes the table never saw.
+``--hold-out`` are left out, so the benchmark can check the policy on shapes the table never saw. With several
+CSVs, a later file's time for a (shape, M, backend) replaces an earlier one's.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from blockfp8.backends import tuned
 BACKENDS = ("scaled_mm", "triton", "deepgemm")
 
 
-def table_from_csv(path: str, hold_out: set[tuple[int, int]]) -> dict:
+def table_from_csv(paths: list[str], hold_out: set[tuple[int, int]]) -> dict:
     out: dict[str, dict] = {}
-    for r in csv.DictReader(open(path)):
+    for r in (r for path in paths for r in csv.DictReader(open(path))):
         name = r["variant"].removesuffix("_graph")
         n, k, m = int(r["n"]), int(r["k"]), int(r["m"])
         if name not in BACKENDS or (n, k) in hold_out or not r["us"] or math.isnan(float(r["us"])):
@@ -38,7 +39,7 @@ def table_from_csv(path: str, hold_out: set[tuple[int, int]]) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("csv")
+    ap.add_argument("csv", nargs="+")
     ap.add_argument("--hold-out", default="", help="comma list of NxK shapes to leave out")
     ap.add_argument("--gpu", default="NVIDIA_H200")
     ap.add_argument("--family", default="sm90")
