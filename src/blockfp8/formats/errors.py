@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from blockfp8.paths import quote
+
 
 class CheckpointError(ValueError):
     """A checkpoint folder, file or tensor is unusable. The message names the file and, when there is one,
@@ -14,7 +16,7 @@ class CheckpointError(ValueError):
         if file is not None:
             where.append(str(file))
         if tensor is not None:
-            where.append(f"tensor {tensor!r}")
+            where.append(f"tensor {quote(tensor, 300)}")
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
         self.file = None if file is None else str(file)
         self.tensor = tensor
