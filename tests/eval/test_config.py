@@ -97,6 +97,9 @@ def test_gsm8k_fewshot_range():
 
 
 def test_model_folder_is_accepted(tmp_path):
+    with pytest.raises(EvalConfigError, match="is a folder without config.json, not a model folder"):
+        parse_config({**GOOD, "model": str(tmp_path)})
+    (tmp_path / "config.json").write_text("{}")
     assert parse_config({**GOOD, "model": str(tmp_path)}).model == str(tmp_path)
 
 

@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from blockfp8.envs import EnvError, validate_all
-    from blockfp8.formats.errors import CheckpointError
-    from blockfp8.paths import InputError
+    from blockfp8.paths import InputError  # also every CheckpointError
 
     def fail(exc: BaseException, code: int) -> int:
         print(f"blockfp8 {args.command}: error: {_one_line(exc)}", file=sys.stderr)
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"blockfp8 {args.command}: stopped by {'SIGTERM' if received else 'SIGINT'}", file=sys.stderr)
             return 128 + (received[0] if received else signal.SIGINT)
-        except (OSError, CheckpointError, InputError, RecursionError, MemoryError) as exc:
+        except (OSError, InputError, RecursionError, MemoryError) as exc:
             return fail(exc, 1)
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blockfp8.paths import quote
+from blockfp8.paths import InputError, quote
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint folder, file or tensor is unusable. The message names the file and, when there is one,
-    the tensor or config field, and says what is wrong."""
+    the tensor or config field, and says what is wrong. An :class:`~blockfp8.paths.InputError` (a ValueError), so
+    the CLI's one handler reports it without importing this package."""
 
     def __init__(self, message: str, *, file: str | Path | None = None, tensor: str | None = None):
         where = []
