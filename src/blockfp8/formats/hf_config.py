@@ -60,7 +60,9 @@ def read_config_json(path: str | Path) -> dict:
         raise CheckpointError(str(exc).removeprefix(f"{file}: "), file=file) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read it ({exc.strerror or exc})", file=file) from None
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 4300+ digit number
+    except RecursionError:
+        raise CheckpointError("JSON nested too deeply: not a model config", file=file) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number of 4300+ digits
         raise CheckpointError(f"not valid JSON ({quote(str(exc), 200)})", file=file) from None
     if not isinstance(data, dict):
         raise CheckpointError("must hold a JSON object", file=file)

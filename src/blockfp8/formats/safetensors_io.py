@@ -184,7 +184,9 @@ def _read_index(index: Path) -> dict[str, str]:
         raise CheckpointError(str(exc).split(": ", 1)[-1], file=index) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read ({exc.strerror or exc})", file=index) from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise CheckpointError("JSON nested too deeply: not a safetensors index", file=index) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number of 4300+ digits
         raise CheckpointError(f"not valid JSON ({quote(str(exc), 200)})", file=index) from None
     wm = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
