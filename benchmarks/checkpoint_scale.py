@@ -60,7 +60,8 @@ def main() -> int:
                          t_model))
             rows.append(("bf16: quantize plan", f"{len(report.quantized)} to FP8, {len(report.kept)} kept", t_qplan))
     lines = [f"# Checkpoint bookkeeping at DeepSeek-V3 scale ({time.strftime('%Y-%m-%d')})", "",
-             f"`python benchmarks/checkpoint_scale.py{' --fp8 ' + args.fp8 if args.fp8 else ''}`; {platform.processor() or platform.machine()}, "
+             f"`python benchmarks/checkpoint_scale.py{' --fp8 ' + args.fp8 if args.fp8 else ''}`; "
+             f"{platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, torch {torch.__version__}, "
              f"transformers {transformers.__version__}", "",
              "| phase | size | seconds |", "|---|---|---|"]
