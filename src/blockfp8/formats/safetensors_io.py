@@ -9,6 +9,7 @@ pickle can run arbitrary code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -336,9 +337,20 @@ class StreamingSafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
         self._f = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._f.write(struct.pack("<Q", len(raw)))
-        self._f.write(raw)
+        with self._naming_the_file():
+            self._f.write(struct.pack("<Q", len(raw)))
+            self._f.write(raw)
         self._next = 0
+
+    @contextlib.contextmanager
+    def _naming_the_file(self) -> Iterator[None]:
+        """A failed write (a full disk) raises OSError without a file name; give it ours."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            raise type(exc)(exc.errno, exc.strerror, str(self.path)) from None
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self._order):
@@ -353,21 +365,24 @@ class StreamingSafetensorsWriter:
                 tensor=name,
             )
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._f.write(memoryview(data))
+        with self._naming_the_file():
+            self._f.write(memoryview(data))
         self._next += 1
 
     def close(self) -> None:
         if self._f.closed:
             return
         missing = [n for n, _, _ in self._order[self._next:]]
-        self._f.close()
+        with self._naming_the_file():
+            self._f.close()  # flushes: the last write can fail here
         if missing:
             raise CheckpointError(f"{len(missing)} planned tensors were never written (first: {missing[0]!r})",
                                   file=self.path)
 
     def abort(self) -> None:
         if not self._f.closed:
-            self._f.close()
+            with contextlib.suppress(OSError):  # the error being handled is the one to report
+                self._f.close()
 
     def __enter__(self) -> StreamingSafetensorsWriter:
         return self
