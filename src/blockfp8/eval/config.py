@@ -25,6 +25,7 @@ turns it into exit code 2. Fields (``*`` = required)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,22 @@ def _check_events(text: str, source: str) -> None:
             depth -= 1
 
 
+@functools.cache
+def _loader():
+    """safe_load's loader with only the types a config holds: a date reads as its text, and the binary, set and
+    ordered-map tags are refused (their constructors also fail with arbitrary exceptions on malformed values)."""
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        pass
+
+    ConfigLoader.yaml_constructors = dict(yaml.SafeLoader.yaml_constructors)
+    for tag in ("binary", "set", "omap", "pairs"):
+        ConfigLoader.yaml_constructors.pop(f"tag:yaml.org,2002:{tag}", None)
+    ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+    return ConfigLoader
+
+
 def load_config(path: str | Path) -> EvalConfig:
     """Read and validate a YAML config file: a regular UTF-8 file of at most 1 MiB, plain YAML (no aliases, no
     tags beyond safe_load's, bounded nesting)."""
@@ -142,13 +159,13 @@ def load_config(path: str | Path) -> EvalConfig:
         raise EvalConfigError(f"{path}: not UTF-8 text (byte {exc.start}): a config is a UTF-8 YAML file") from None
     try:
         _check_events(text, str(path))
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader with fewer types
     except EvalConfigError:
         raise
     except yaml.YAMLError as exc:
         raise EvalConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())[:300]}") from None
-    except (ValueError, OverflowError) as exc:  # a number past Python's int digit limit, a bad timestamp
-        raise EvalConfigError(f"{path}: a value cannot be read: {str(exc)[:200]}") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # e.g. an int past Python's digit limit
+        raise EvalConfigError(f"{path}: a value cannot be read ({type(exc).__name__}: {str(exc)[:200]})") from None
     return parse_config(raw, source=str(path))
 
 
