@@ -26,6 +26,7 @@ from blockfp8.audit.plan import OpenCheckpoint, plan_checkpoint
 from blockfp8.formats.safetensors_io import SafetensorsCheckpoint
 from blockfp8.formats.writer import QuantizeCheckpointReport, _plan
 from blockfp8.nn.load import ModelTensorSelector
+from blockfp8.platform import run_environment
 
 
 def _timed(fn):
@@ -61,6 +62,7 @@ def main() -> int:
             rows.append(("bf16: quantize plan", f"{len(report.quantized)} to FP8, {len(report.kept)} kept", t_qplan))
     lines = [f"# Checkpoint bookkeeping at DeepSeek-V3 scale ({time.strftime('%Y-%m-%d')})", "",
              f"`python benchmarks/checkpoint_scale.py{' --fp8 ' + args.fp8 if args.fp8 else ''}`; "
+             f"blockfp8 commit {run_environment('cpu', commit=True)['commit']}, "
              f"{platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, torch {torch.__version__}, "
              f"transformers {transformers.__version__}", "",
