@@ -273,7 +273,16 @@ def _blockfp8(raw: Any, where: str, fail) -> dict[str, Any] | None:
 def _check_model(model: str, fail) -> None:
     from blockfp8.models import EMBEDDED
 
-    if model in EMBEDDED or (Path(model) / "config.json").is_file():
+    if model in EMBEDDED:
+        return
+    if (Path(model) / "config.json").is_file():
+        from blockfp8.formats.errors import CheckpointError
+        from blockfp8.formats.hf_config import check_model_sizes, read_config_json
+
+        try:  # before transformers builds anything from it
+            check_model_sizes(read_config_json(model), Path(model) / "config.json")
+        except CheckpointError as exc:
+            raise fail("model", str(exc)[:500]) from None
         return
     if Path(model).is_dir():
         raise fail("model", f"{quote(model)} is a folder without config.json, not a model folder")
