@@ -109,10 +109,7 @@ def test_killed_runs_lose_nothing_and_leave_nothing(tmp_path, monkeypatch):
         assert len(_partials(out_parent)) == 1, case  # what the next run must reclaim
 
     # the next run reclaims the killed run's partial folder and publishes the complete result
-    r = subprocess.run([sys.executable, "-m", "blockfp8", "quantize", str(src), str(out), "--overwrite",
-                        "--no-progress"], capture_output=True, text=True, env={**os.environ,
-                                                                               "PYTHONPATH": str(SRC_ROOT)})
-    assert r.returncode == 0, r.stderr
+    assert main(["quantize", str(src), str(out), "--overwrite", "--no-progress"]) == 0
     assert _digest(out) == want_new and _partials(out_parent) == []
     assert _digest(src) == before
 
