@@ -40,13 +40,17 @@ def run(args: argparse.Namespace) -> int:
 
     from blockfp8.cli.args import UsageError
     from blockfp8.formats import CheckpointError, quantize_checkpoint
+    from blockfp8.formats.hf_config import check_model_sizes, read_config_json
     from blockfp8.formats.writer import check_destination
-    from blockfp8.nn.load import ModelTensorSelector
 
     if not Path(args.src).is_dir():
         raise UsageError(f"SRC {args.src}: not a model folder (expected a folder with config.json and *.safetensors)")
     try:
-        check_destination(args.src, args.dst, args.overwrite)  # before the model is built and anything is read
+        # the paths and config.json first: a bad one fails before transformers is even imported
+        check_destination(args.src, args.dst, args.overwrite)
+        check_model_sizes(read_config_json(args.src), Path(args.src) / "config.json")
+        from blockfp8.nn.load import ModelTensorSelector
+
         selector = ModelTensorSelector(args.src, args.ignore)
         report = quantize_checkpoint(args.src, args.dst, selector, block_size=args.block, scale_fmt=args.scale_fmt,
                                      overwrite=args.overwrite, progress=not args.no_progress)
