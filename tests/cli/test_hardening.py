@@ -211,7 +211,7 @@ def test_zero_size_weights(tmp_path, capsys):
 
 def test_destination_that_cannot_be_written(src, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    _fails(capsys, _quantize(src, tmp_path / "file" / "out"), 1, "file: is not a folder")
+    _fails(capsys, _quantize(src, tmp_path / "file" / "out"), 1, "file: exists and is not a folder")
     start = time.monotonic()
     _fails(capsys, ["audit", str(src), "--json", str(tmp_path)], 1, f"{tmp_path}: is a folder; give a file name")
     _fails(capsys, ["audit", str(src), "--report", str(tmp_path / "file")], 1, "exists and is not a folder")

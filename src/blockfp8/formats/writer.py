@@ -90,7 +90,7 @@ def check_destination(src: str | Path, dst: str | Path, overwrite: bool) -> tupl
     if os.path.lexists(dst_r) and not dst_r.is_dir():
         raise CheckpointError("exists and is not a folder", file=dst)
     try:
-        atomic.check_target(dst_r, folder=True)
+        atomic.check_target(dst_r.parent, folder=True)  # the result is written beside DST, then renamed
     except OSError as exc:
         raise CheckpointError(f"cannot be written: {exc.filename}: {exc.strerror}", file=dst) from None
     return src_r, dst_r
