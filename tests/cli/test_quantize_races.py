@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from blockfp8 import atomic
 from blockfp8.cli.main import main
 from blockfp8.formats import writer
+from blockfp8.nn import load
 
 transformers.logging.set_verbosity_error()
 SRC_ROOT = Path(__file__).resolve().parents[2] / "src"
@@ -128,6 +129,16 @@ def test_two_writers_to_one_dst(tmp_path, monkeypatch, overwrite):
         publish(tmp, target, overwrite=overwrite)
 
     monkeypatch.setattr(atomic, "publish_folder", publish_together)
+    # transformers sets and restores torch's process-wide default dtype while it builds a model: two threads
+    # building at once would leave it changed for every later test, so the builds take turns
+    one_build = threading.Lock()
+    meta_model = load._meta_model
+
+    def build_in_turn(*args, **kwargs):
+        with one_build:
+            return meta_model(*args, **kwargs)
+
+    monkeypatch.setattr(load, "_meta_model", build_in_turn)
     flag = ["--overwrite"] if overwrite else []
     codes = []
 
@@ -145,3 +156,4 @@ def test_two_writers_to_one_dst(tmp_path, monkeypatch, overwrite):
     ref = tmp_path / "ref"
     assert main(["quantize", str(src), str(ref), "--no-progress"]) == 0
     assert _digest(dst) == _digest(ref)
+    assert torch.get_default_dtype() == torch.float32
