@@ -107,7 +107,7 @@ def test_links_out_of_src_are_never_followed(src, tmp_path, capsys):
     os.mkfifo(src / "pipe.json")
     assert main(_quantize(src, tmp_path / "out")) == 0
     out = capsys.readouterr().out
-    assert "not copied: notes.txt (symbolic link out of SRC (not followed))" in out
+    assert "not copied: notes.txt (symbolic link out of SRC, not followed)" in out
     assert "not copied: pipe.json (not a regular file)" in out
     assert not (tmp_path / "out" / "notes.txt").exists()
     assert (tmp_path / "out" / "vocab-link.txt").read_text() == "a b c"

@@ -108,7 +108,7 @@ def _extra_files(src: Path, skip: set[str], report: QuantizeCheckpointReport) ->
         elif p.suffix == ".safetensors":
             report.not_copied[p.name] = "safetensors file not part of the checkpoint's index"
         elif p.is_symlink() and paths.link_escapes(p, src):
-            report.not_copied[p.name] = "symbolic link out of SRC (not followed)"
+            report.not_copied[p.name] = "symbolic link out of SRC, not followed"
         elif not paths.is_regular(p):
             report.not_copied[p.name] = "not a regular file"
         else:
