@@ -6,11 +6,14 @@ Booleans are 0/1; an unknown value raises EnvError listing the valid ones.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from blockfp8.paths import quote
 
 
 class EnvError(ValueError):
@@ -21,7 +24,7 @@ def _bool01(name: str, raw: str) -> bool:
     value = raw.strip()
     if value in ("0", "1"):
         return value == "1"
-    raise EnvError(f"{name}={raw!r} is not valid; valid values: 0, 1 (or unset)")
+    raise EnvError(f"{name}={quote(raw)} is not valid; valid values: 0, 1 (or unset)")
 
 
 def _tristate(name: str) -> bool | None:
@@ -55,7 +58,7 @@ def _choice(name: str, valid: tuple[str, ...], upper: bool = False) -> str | Non
         return None
     value = value.upper() if upper else value.lower()
     if value not in valid:
-        raise EnvError(f"{name}={value!r} is not valid; valid values: {', '.join(valid)} (or unset)")
+        raise EnvError(f"{name}={quote(value)} is not valid; valid values: {', '.join(valid)} (or unset)")
     return value
 
 
@@ -63,7 +66,7 @@ def _csv_choices(name: str, valid: tuple[str, ...]) -> tuple[str, ...]:
     values = _csv(name)
     bad = [v for v in values if v not in valid]
     if bad:
-        listed = ", ".join(map(repr, bad))
+        listed = ", ".join(map(quote, bad[:8]))
         raise EnvError(f"{name}: {listed} not valid; valid values: a comma list of {', '.join(valid)}")
     return values
 
@@ -76,13 +79,13 @@ def parse_arch(text: str) -> tuple[int, int]:
     m = _ARCH_RE.match(text.strip())
     if not m:
         raise EnvError(
-            f"arch {text!r} is not valid; examples of valid values: sm_89, sm_90, 90, 9.0, sm_100a, sm_103, sm_120"
+            f"arch {quote(text)} is not valid; examples of valid values: sm_89, sm_90, 90, 9.0, sm_100a, sm_103, sm_120"
         )
     digits, minor = m.group(1), m.group(2)
     if minor is not None:
         return int(digits), int(minor)
     if len(digits) < 2:
-        raise EnvError(f"arch {text!r} is not valid; give major and minor, e.g. sm_90 or 9.0")
+        raise EnvError(f"arch {quote(text)} is not valid; give major and minor, e.g. sm_90 or 9.0")
     return int(digits[:-1]), int(digits[-1])
 
 
@@ -166,6 +169,18 @@ def __getattr__(attr: str) -> Any:
 
 
 def validate_all() -> None:
-    """Parse every variable once so a typo fails early with the valid values listed."""
+    """Parse every variable once so a typo fails early with the valid values listed; a ``BLOCKFP8_*`` name that
+    is not in the table (``BLOCKFP8_USE_DEEPGEMM``) is refused too, since it would silently do nothing. Every
+    problem is reported in one :class:`EnvError`."""
+    problems = []
     for name in ENV_VARS:
-        get(name)
+        try:
+            get(name)
+        except EnvError as exc:
+            problems.append(str(exc))
+    for name in sorted(n for n in os.environ if n.startswith("BLOCKFP8_") and n not in ENV_VARS):
+        close = difflib.get_close_matches(name, ENV_VARS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        problems.append(f"{quote(name)} is not a blockfp8 variable; {hint}known: {', '.join(ENV_VARS)}")
+    if problems:
+        raise EnvError("; ".join(problems))

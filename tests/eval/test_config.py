@@ -97,6 +97,9 @@ def test_gsm8k_fewshot_range():
 
 
 def test_model_folder_is_accepted(tmp_path):
+    with pytest.raises(EvalConfigError, match="is a folder without config.json, not a model folder"):
+        parse_config({**GOOD, "model": str(tmp_path)})
+    (tmp_path / "config.json").write_text("{}")
     assert parse_config({**GOOD, "model": str(tmp_path)}).model == str(tmp_path)
 
 
@@ -138,3 +141,12 @@ def test_cli_bad_config_exit_code_from_a_shell(tmp_path):
                          timeout=300)
     assert res.returncode == 2, res.stderr
     assert "field 'colour': unknown field" in res.stderr
+
+
+def test_model_folder_config_is_checked_before_loading(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 10000000}')
+    with pytest.raises(EvalConfigError, match="field 'model'.*num_hidden_layers=10000000 is beyond any real model"):
+        parse_config({**GOOD, "model": str(tmp_path)})
+    (tmp_path / "config.json").write_text("[" * 100)
+    with pytest.raises(EvalConfigError, match="config.json: not valid JSON"):
+        parse_config({**GOOD, "model": str(tmp_path)})

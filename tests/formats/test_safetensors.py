@@ -168,3 +168,34 @@ def test_streaming_writer_refuses_mismatches(tmp_path):
     w.write("a", torch.zeros(2))
     with pytest.raises(CheckpointError, match="never written"):
         w.close()
+
+
+def test_links_in_a_checkpoint_folder(tmp_path):
+    """A Hugging Face cache snapshot links every file into the repository's blobs/: read as usual. Any other link
+    out of the folder (a shard, the index, config.json) is refused naming the file."""
+    from blockfp8.formats import read_config_json
+
+    repo = tmp_path / "models--org--name"
+    snap, blobs = repo / "snapshots" / "0123abc", repo / "blobs"
+    snap.mkdir(parents=True)
+    blobs.mkdir()
+    t = _tensors()
+    save_file(t, blobs / "aa11")
+    (blobs / "bb22").write_text('{"model_type": "llama"}')
+    (snap / "model.safetensors").symlink_to("../../blobs/aa11")
+    (snap / "config.json").symlink_to("../../blobs/bb22")
+    with SafetensorsCheckpoint(snap) as ckpt:
+        assert torch.equal(ckpt.get("c"), t["c"])
+    assert read_config_json(snap) == {"model_type": "llama"}
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (plain / name).symlink_to(snap / name)
+    with pytest.raises(CheckpointError, match="model.safetensors: a symbolic link out of the folder"):
+        SafetensorsCheckpoint(plain)
+    with pytest.raises(CheckpointError, match="config.json: a symbolic link out of the model folder"):
+        read_config_json(plain)
+    (plain / "model.safetensors").unlink()
+    (plain / "model.safetensors.index.json").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(CheckpointError, match="index.json: a symbolic link out of the folder"):
+        SafetensorsCheckpoint(plain)

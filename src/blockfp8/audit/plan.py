@@ -103,6 +103,9 @@ def plan_checkpoint(ck: OpenCheckpoint, block: Sequence[int] | None = None, skip
         for w in names:
             if not w.endswith(".weight") or t.info(w).dtype not in FP8_TORCH_DTYPES:
                 continue
+            if 0 in t.info(w).shape:
+                raise CheckpointError(f"FP8 weight of shape {list(t.info(w).shape)} holds no values",
+                                      file=t.info(w).file, tensor=w)
             prefix = w[: -len("weight")]
             scale = next((prefix + s for s in SCALE_SUFFIXES if prefix + s in t), None)
             if scale is None:
@@ -118,7 +121,7 @@ def plan_checkpoint(ck: OpenCheckpoint, block: Sequence[int] | None = None, skip
         skipped = 0
         for n in names:
             info = t.info(n)
-            if not n.endswith(".weight") or len(info.shape) != 2 or info.dtype not in FLOAT_DTYPES:
+            if not n.endswith(".weight") or len(info.shape) != 2 or 0 in info.shape or info.dtype not in FLOAT_DTYPES:
                 continue
             if any(s in n for s in skip):
                 skipped += 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from blockfp8 import atomic
+from blockfp8 import atomic, paths
 from blockfp8.audit.measures import INFLATION_LOG2_EDGES
 from blockfp8.audit.render import render_markdown, write_plots
 from blockfp8.audit.verdict import (
@@ -135,11 +135,14 @@ class AuditReport:
         """Read a report.json (not its folder); errors name the file."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(paths.read_bounded(path, 256 * 2**20, "audit report"))
+            paths.check_depth(data)
+        except paths.InputError as exc:
+            raise VerdictError(f"{path}: {str(exc).removeprefix(f'{path}: ')}") from None
         except OSError as exc:
             raise VerdictError(f"{path}: cannot read the audit report ({exc.strerror or exc})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise VerdictError(f"{path}: not valid JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting
+            raise VerdictError(f"{path}: not valid JSON ({str(exc)[:200]})") from None
         return cls.from_dict(data, str(path))
 
 

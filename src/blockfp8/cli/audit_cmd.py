@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from blockfp8.models import ModelError, load_causal_lm
 
     _check_combination(args)
+    for target, folder in ((args.json, False), (args.report, True)):
+        if target:
+            atomic.check_target(target, folder=folder)  # fail now, not after the whole audit
     thresholds = thresholds_from_args(args)
     device = resolve_device(args.device)
     progress = not args.no_progress and sys.stderr.isatty()

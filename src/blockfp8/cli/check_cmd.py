@@ -51,12 +51,14 @@ def selection_lines(report: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from blockfp8 import atomic
     from blockfp8.audit import run as levels
     from blockfp8.audit.render import render_check_summary
     from blockfp8.audit.report import write_report_folder
     from blockfp8.formats.errors import CheckpointError
     from blockfp8.models import ModelError, load_causal_lm
 
+    atomic.check_target(args.out, folder=True)  # fail now, not after the audit
     thresholds = thresholds_from_args(args)
     device = resolve_device(args.device)
     progress = not args.no_progress and sys.stderr.isatty()

@@ -39,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
     except EvalConfigError as exc:
         raise UsageError(str(exc)) from None
+    from blockfp8 import atomic
+
+    for target in (args.json, args.markdown, args.samples):
+        if target:
+            atomic.check_target(target)  # fail now, not after the evaluation
 
     from blockfp8.eval.report import markdown, split_samples, write_json, write_samples
     from blockfp8.eval.runner import EvalError, evaluate

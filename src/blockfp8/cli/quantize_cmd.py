@@ -2,10 +2,12 @@
 SGLang, transformers and `blockfp8.load_fp8_checkpoint` read (HF `quant_method: fp8`).
 
 Every nn.Linear of the model except lm_head, MoE router gates and --ignore'd modules, and every MoE expert,
-is quantized in 2-D blocks; other tensors are copied; tokenizer and other files are copied. It streams tensor
-by tensor (peak memory ~ the largest tensor), writes to a temporary folder beside DST and renames it at the
-end, never modifies SRC, and refuses an existing DST unless --overwrite. Pickle checkpoints (.bin/.pt) are
-refused. Exit codes: 0 done, 1 bad checkpoint (nothing written), 2 usage.
+is quantized in 2-D blocks; other tensors are copied; tokenizer and other files are copied (a link out of SRC
+is never followed). It streams tensor by tensor (peak memory ~ the largest tensor), writes to a temporary folder
+beside DST and renames it at the end, never modifies SRC, and refuses a DST that exists, at the start or when
+the result is published, unless --overwrite. SRC and DST are compared after resolving links. Pickle checkpoints
+(.bin/.pt) are refused. Exit codes: 0 done, 1 bad checkpoint or failed write (nothing left at DST), 2 usage;
+interrupted (Ctrl-C, SIGTERM) 130/143, also with nothing left behind.
 """
 
 from __future__ import annotations
@@ -38,11 +40,17 @@ def run(args: argparse.Namespace) -> int:
 
     from blockfp8.cli.args import UsageError
     from blockfp8.formats import CheckpointError, quantize_checkpoint
-    from blockfp8.nn.load import ModelTensorSelector
+    from blockfp8.formats.hf_config import check_model_sizes, read_config_json
+    from blockfp8.formats.writer import check_destination
 
     if not Path(args.src).is_dir():
         raise UsageError(f"SRC {args.src}: not a model folder (expected a folder with config.json and *.safetensors)")
     try:
+        # the paths and config.json first: a bad one fails before transformers is even imported
+        check_destination(args.src, args.dst, args.overwrite)
+        check_model_sizes(read_config_json(args.src), Path(args.src) / "config.json")
+        from blockfp8.nn.load import ModelTensorSelector
+
         selector = ModelTensorSelector(args.src, args.ignore)
         report = quantize_checkpoint(args.src, args.dst, selector, block_size=args.block, scale_fmt=args.scale_fmt,
                                      overwrite=args.overwrite, progress=not args.no_progress)

@@ -25,6 +25,7 @@ turns it into exit code 2. Fields (``*`` = required)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +33,13 @@ from typing import Any
 
 from blockfp8.datasets import DATA_FILES
 from blockfp8.eval.tasks import MAX_FEWSHOT
+from blockfp8.paths import InputError, quote, read_bounded
 
 TASKS = tuple(DATA_FILES)
 DTYPES = ("bfloat16", "float16", "float32")
 DEFAULT_TOLERANCE = 0.08
+MAX_CONFIG_BYTES = 2**20  # a config is a few hundred bytes
+MAX_DEPTH = 16  # the deepest field is variants[i].blockfp8.weight_block_size: 4 levels
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # BlockFP8Config fields that have no plain YAML form.
 _NOT_FROM_YAML = ("audit",)
@@ -104,19 +108,64 @@ _REQUIRED = ("model", "task", "variants")
 _VARIANT_FIELDS = {"name", "blockfp8", "accuracy_threshold", "tolerance"}
 
 
+def _check_events(text: str, source: str) -> None:
+    """Refuse YAML aliases (``*name``: a 1 KB file of nested aliases expands to gigabytes) and nesting deeper than
+    a config needs, walking the parser's events (the parser is not recursive; the composer that builds the
+    objects is, and runs only afterwards)."""
+    import yaml
+
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1 if event.start_mark else "?"
+            raise EvalConfigError(f"{source}: line {line}: YAML aliases (*name) are not accepted in a config")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise EvalConfigError(f"{source}: nested more than {MAX_DEPTH} levels deep: not a config")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+@functools.cache
+def _loader():
+    """safe_load's loader with only the types a config holds: a date reads as its text, and the binary, set and
+    ordered-map tags are refused (their constructors also fail with arbitrary exceptions on malformed values)."""
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        pass
+
+    ConfigLoader.yaml_constructors = dict(yaml.SafeLoader.yaml_constructors)
+    for tag in ("binary", "set", "omap", "pairs"):
+        ConfigLoader.yaml_constructors.pop(f"tag:yaml.org,2002:{tag}", None)
+    ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+    return ConfigLoader
+
+
 def load_config(path: str | Path) -> EvalConfig:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file: a regular UTF-8 file of at most 1 MiB, plain YAML (no aliases, no
+    tags beyond safe_load's, bounded nesting)."""
     import yaml
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_CONFIG_BYTES, "config").decode("utf-8")
+    except InputError as exc:
+        raise EvalConfigError(str(exc)) from None
     except OSError as exc:
         raise EvalConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise EvalConfigError(f"{path}: not UTF-8 text (byte {exc.start}): a config is a UTF-8 YAML file") from None
     try:
-        raw = yaml.safe_load(text)
+        _check_events(text, str(path))
+        raw = yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader with fewer types
+    except EvalConfigError:
+        raise
     except yaml.YAMLError as exc:
-        raise EvalConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise EvalConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())[:300]}") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # e.g. an int past Python's digit limit
+        raise EvalConfigError(f"{path}: a value cannot be read ({type(exc).__name__}: {str(exc)[:200]})") from None
     return parse_config(raw, source=str(path))
 
 
@@ -124,7 +173,7 @@ def parse_config(raw: Any, source: str = "<config>") -> EvalConfig:
     """Validate a config mapping (as read from YAML)."""
 
     def fail(name: str, message: str) -> EvalConfigError:
-        return EvalConfigError(f"{source}: field '{name}': {message}")
+        return EvalConfigError(f"{source}: field '{name[:80]}': {message}")
 
     if not isinstance(raw, dict):
         raise EvalConfigError(f"{source}: a config must be a YAML mapping of fields, got {type(raw).__name__}")
@@ -139,14 +188,14 @@ def parse_config(raw: Any, source: str = "<config>") -> EvalConfig:
     _check_model(model, fail)
     task = _string(raw["task"], "task", fail)
     if task not in TASKS:
-        raise fail("task", f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+        raise fail("task", f"unknown task {quote(task)}; valid tasks: {', '.join(TASKS)}")
     rows = DATA_FILES[task].rows
     num_questions = _int(raw.get("num_questions", rows), "num_questions", fail, lo=1, hi=rows)
     fewshot_hi = MAX_FEWSHOT if task == "gsm8k" else 0
     num_fewshot = _int(raw.get("num_fewshot", 5 if task == "gsm8k" else 0), "num_fewshot", fail, lo=0, hi=fewshot_hi)
     dtype = _string(raw.get("dtype", "bfloat16"), "dtype", fail)
     if dtype not in DTYPES:
-        raise fail("dtype", f"{dtype!r} is not valid; valid values: {', '.join(DTYPES)}")
+        raise fail("dtype", f"{quote(dtype)} is not valid; valid values: {', '.join(DTYPES)}")
     data_dir = raw.get("data_dir")
     if data_dir is not None:
         data_dir = _string(data_dir, "data_dir", fail)
@@ -158,11 +207,11 @@ def parse_config(raw: Any, source: str = "<config>") -> EvalConfig:
     names = [v.name for v in variants]
     for i, name in enumerate(names):
         if name in names[:i]:
-            raise fail(f"variants[{i}].name", f"duplicate variant name {name!r}")
+            raise fail(f"variants[{i}].name", f"duplicate variant name {quote(name)}")
     baseline = raw.get("baseline", names[0])
     baseline = _string(baseline, "baseline", fail)
     if baseline not in names:
-        raise fail("baseline", f"{baseline!r} is not one of the variants: {', '.join(names)}")
+        raise fail("baseline", f"{quote(baseline)} is not one of the variants: {', '.join(names)}")
 
     return EvalConfig(
         model=model,
@@ -193,7 +242,7 @@ def _variant(raw: Any, where: str, fail) -> Variant:
             raise fail(f"{where}.{name}", "required field is missing")
     name = _string(raw["name"], f"{where}.name", fail)
     if not _NAME_RE.match(name):
-        raise fail(f"{where}.name", f"{name!r} must be letters, digits and _ . + - (it names JSON keys and files)")
+        raise fail(f"{where}.name", f"{quote(name)} must be letters, digits and _ . + - (it names JSON keys and files)")
     return Variant(
         name=name,
         blockfp8=_blockfp8(raw.get("blockfp8"), f"{where}.blockfp8", fail),
@@ -217,27 +266,38 @@ def _blockfp8(raw: Any, where: str, fail) -> dict[str, Any] | None:
     try:
         BlockFP8Config(**raw)
     except (ConfigError, TypeError, ValueError) as exc:
-        raise fail(where, str(exc)) from None
+        raise fail(where, str(exc)[:300]) from None
     return dict(raw)
 
 
 def _check_model(model: str, fail) -> None:
     from blockfp8.models import EMBEDDED
 
-    if model in EMBEDDED or Path(model).is_dir():
+    if model in EMBEDDED:
         return
-    raise fail("model", f"unknown model {model!r}: neither an embedded model ({', '.join(EMBEDDED)}) nor a folder")
+    if (Path(model) / "config.json").is_file():
+        from blockfp8.formats.errors import CheckpointError
+        from blockfp8.formats.hf_config import check_model_sizes, read_config_json
+
+        try:  # before transformers builds anything from it
+            check_model_sizes(read_config_json(model), Path(model) / "config.json")
+        except CheckpointError as exc:
+            raise fail("model", str(exc)[:500]) from None
+        return
+    if Path(model).is_dir():
+        raise fail("model", f"{quote(model)} is a folder without config.json, not a model folder")
+    raise fail("model", f"unknown model {quote(model)}: neither an embedded model ({', '.join(EMBEDDED)}) nor a folder")
 
 
 def _string(value: Any, name: str, fail, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
-        raise fail(name, f"must be a {'' if allow_empty else 'non-empty '}string, got {value!r}")
+        raise fail(name, f"must be a {'' if allow_empty else 'non-empty '}string, got {quote(value)}")
     return value.strip()
 
 
 def _int(value: Any, name: str, fail, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise fail(name, f"must be an integer, got {value!r}")
+        raise fail(name, f"must be an integer, got {quote(value)}")
     if not lo <= value <= hi:
         raise fail(name, f"must be in [{lo}, {hi}], got {value}")
     return value
@@ -245,7 +305,7 @@ def _int(value: Any, name: str, fail, lo: int, hi: int) -> int:
 
 def _fraction(value: Any, name: str, fail) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise fail(name, f"must be a number in [0, 1], got {value!r}")
+        raise fail(name, f"must be a number in [0, 1], got {quote(value)}")
     if not 0.0 <= float(value) <= 1.0:
         raise fail(name, f"must be in [0, 1], got {value}")
     return float(value)

@@ -82,8 +82,9 @@ class FP8Checkpoint:
                             tensor=name,
                         )
                     scale_names[prefix] = name
+        scales = set(scale_names.values())  # a set: membership in dict.values() made pairing quadratic
         for name in t.names():
-            if name in scale_names.values():
+            if name in scales:
                 continue
             info = t.info(name)
             prefix = name[: -len(".weight")] if name.endswith(".weight") else None
@@ -118,6 +119,9 @@ class FP8Checkpoint:
                 f"FP8 weight of shape {list(w.shape)}: only 2-D [N, K] weights are supported (per-expert "
                 "tensors for MoE)", file=w.file, tensor=w.name,
             )
+        if 0 in w.shape:
+            raise CheckpointError(f"FP8 weight of shape {list(w.shape)} holds no values", file=w.file,
+                                  tensor=w.name)
         allowed = _SCALE_CODES[qc.quant_method][qc.scale_fmt]
         if s.dtype_code not in allowed:
             raise CheckpointError(

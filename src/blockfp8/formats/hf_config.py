@@ -8,17 +8,34 @@ count are handled the same way by the policy, the audit, the loader and the CLI.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from blockfp8.config import BlockFP8Config, ConfigError
 from blockfp8.formats.errors import CheckpointError
+from blockfp8.paths import InputError, check_depth, link_escapes, quote, read_bounded
 
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few KB; refuse to parse anything absurd
 # How transformers' model families spell the routed-expert count (Qwen-MoE, Mixtral, DeepSeek, others).
 EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+# Upper bounds on the sizes a model is built from, each far above released models (DeepSeek-V3: 61 layers,
+# hidden 7168, 256 experts, vocabulary 129280; Llama-3.1-405B: 126 layers, hidden 16384, intermediate 53248).
+SIZE_LIMITS = {
+    "num_hidden_layers": 1024,
+    "hidden_size": 131072,
+    "intermediate_size": 1 << 20,
+    "moe_intermediate_size": 1 << 20,
+    "vocab_size": 1 << 22,
+    "num_attention_heads": 4096,
+    "num_key_value_heads": 4096,
+    "head_dim": 65536,
+    "max_position_embeddings": 1 << 26,
+    **{key: 65536 for key in EXPERT_COUNT_KEYS},
+    "num_experts_per_tok": 65536,
+}
 
 
 def config_path(path: str | Path) -> Path:
@@ -29,21 +46,45 @@ def config_path(path: str | Path) -> Path:
 
 def read_config_json(path: str | Path) -> dict:
     """The JSON object in a model folder's ``config.json`` (or in ``path`` when it is the file itself).
-    Raises :class:`CheckpointError` naming the file when it is missing, too large, not JSON or not an object."""
+    Raises :class:`CheckpointError` naming the file when it is missing, not a regular file, a link out of its
+    folder, too large, nested too deeply, not JSON or not an object."""
     file = config_path(path)
-    if not file.is_file():
+    if not os.path.lexists(file):
         raise CheckpointError("config.json not found; a model folder needs one", file=Path(path))
+    if file != Path(path) and link_escapes(file, path):
+        raise CheckpointError("a symbolic link out of the model folder; links are not followed out of it", file=file)
     try:
-        if file.stat().st_size > MAX_CONFIG_BYTES:
-            raise CheckpointError(f"larger than {MAX_CONFIG_BYTES // 2**20} MiB: not a model config", file=file)
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(read_bounded(file, MAX_CONFIG_BYTES, "model config"))
+        check_depth(data)
+    except InputError as exc:
+        raise CheckpointError(str(exc).removeprefix(f"{file}: "), file=file) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read it ({exc.strerror or exc})", file=file) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"not valid JSON ({exc})", file=file) from None
+    except RecursionError:
+        raise CheckpointError("JSON nested too deeply: not a model config", file=file) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number of 4300+ digits
+        raise CheckpointError(f"not valid JSON ({quote(str(exc), 200)})", file=file) from None
     if not isinstance(data, dict):
         raise CheckpointError("must hold a JSON object", file=file)
     return data
+
+
+def check_model_sizes(config: Mapping[str, Any], file: str | Path) -> None:
+    """Refuse a config whose sizes are not positive integers or are beyond any real model
+    (:data:`SIZE_LIMITS`), before transformers builds anything from it: a model of ten million layers takes
+    hours to build even with no weights, and a size given as a string fails deep inside transformers."""
+    for scope, prefix in ((config, ""), (config.get("text_config"), "text_config.")):
+        if not isinstance(scope, Mapping):
+            continue
+        for key, limit in SIZE_LIMITS.items():
+            value = scope.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CheckpointError(f"field {prefix}{key}={quote(value)} must be a positive integer", file=file)
+            if value > limit:
+                raise CheckpointError(f"field {prefix}{key}={value} is beyond any real model (at most {limit} "
+                                      "accepted): a corrupt or hostile config.json", file=file)
 
 
 def _field(config: Any, key: str) -> Any:

@@ -27,6 +27,7 @@ from typing import Any
 
 from blockfp8.formats.errors import CheckpointError
 from blockfp8.formats.hf_config import CONFIG_FILE, read_config_json
+from blockfp8.paths import quote
 
 QUANT_METHODS = ("fp8", "compressed-tensors")
 SCALE_SUFFIX = {"fp8": "weight_scale_inv", "compressed-tensors": "weight_scale"}
@@ -84,7 +85,8 @@ def _block_size(value: Any, source: str, path: str) -> tuple[int, int]:
         or len(value) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
     ):
-        raise CheckpointError(f"field {path}={value!r} must be two positive integers, e.g. [128, 128]", file=source)
+        raise CheckpointError(f"field {path}={quote(value)} must be two positive integers, e.g. [128, 128]",
+                              file=source)
     return int(value[0]), int(value[1])
 
 
@@ -92,7 +94,7 @@ def _str_list(value: Any, source: str, path: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise CheckpointError(f"field {path}={value!r} must be a list of module names", file=source)
+        raise CheckpointError(f"field {path}={quote(value)} must be a list of module names", file=source)
     return tuple(value)
 
 
@@ -100,11 +102,11 @@ def _parse_fp8(qc: dict, source: str) -> CheckpointQuantConfig:
     base = "quantization_config"
     fmt = qc.get("fmt", "e4m3")
     if fmt != "e4m3":
-        raise CheckpointError(f"field {base}.fmt={fmt!r} is not supported; only 'e4m3' block FP8", file=source)
+        raise CheckpointError(f"field {base}.fmt={quote(fmt)} is not supported; only 'e4m3' block FP8", file=source)
     scheme = qc.get("activation_scheme", "dynamic")
     if scheme != "dynamic":
         raise CheckpointError(
-            f"field {base}.activation_scheme={scheme!r} is not supported; block FP8 uses 'dynamic' 1x128 "
+            f"field {base}.activation_scheme={quote(scheme)} is not supported; block FP8 uses 'dynamic' 1x128 "
             "activation scales",
             file=source,
         )
@@ -115,7 +117,7 @@ def _parse_fp8(qc: dict, source: str) -> CheckpointQuantConfig:
     block = _block_size(qc["weight_block_size"], source, f"{base}.weight_block_size")
     scale_fmt = qc.get("scale_fmt") or "float32"
     if scale_fmt not in ("float32", "ue8m0"):
-        raise CheckpointError(f"field {base}.scale_fmt={scale_fmt!r} is not valid; valid: ue8m0 (or absent)",
+        raise CheckpointError(f"field {base}.scale_fmt={quote(scale_fmt)} is not valid; valid: ue8m0 (or absent)",
                               file=source)
     ignored = _str_list(qc.get("modules_to_not_convert"), source, f"{base}.modules_to_not_convert")
     ignored += tuple(
@@ -133,20 +135,22 @@ def _parse_compressed_tensors(qc: dict, source: str) -> CheckpointQuantConfig:
     block: tuple[int, int] | None = None
     targets: list[str] = []
     for gname, group in groups.items():
-        gpath = f"{base}.config_groups.{gname}"
+        gpath = f"{base}.config_groups.{gname[:80]}"
         if not isinstance(group, dict):
             raise CheckpointError(f"field {gpath} must be an object", file=source)
         fmt = group.get("format") or top_format
         if fmt != "float-quantized":
             raise CheckpointError(
-                f"field {gpath}.format={fmt!r} is not supported; only 'float-quantized' block FP8", file=source
+                f"field {gpath}.format={quote(fmt)} is not supported; only 'float-quantized' block FP8", file=source
             )
         w = group.get("weights") or {}
+        if not isinstance(w, dict):
+            raise CheckpointError(f"field {gpath}.weights={quote(w)} must be an object", file=source)
         want = {"num_bits": 8, "type": "float", "strategy": "block"}
         for key, value in want.items():
             if w.get(key) != value:
                 raise CheckpointError(
-                    f"field {gpath}.weights.{key}={w.get(key)!r} is not supported; block FP8 needs {value!r}",
+                    f"field {gpath}.weights.{key}={quote(w.get(key))} is not supported; block FP8 needs {quote(value)}",
                     file=source,
                 )
         if w.get("dynamic", False):
@@ -161,10 +165,12 @@ def _parse_compressed_tensors(qc: dict, source: str) -> CheckpointQuantConfig:
             )
         block = gblock
         act = group.get("input_activations")
+        if act is not None and not isinstance(act, dict):
+            raise CheckpointError(f"field {gpath}.input_activations={quote(act)} must be an object", file=source)
         if act is not None:
             if act.get("dynamic") is not True or act.get("type", "float") != "float" or act.get("num_bits", 8) != 8:
                 raise CheckpointError(
-                    f"field {gpath}.input_activations={act!r} is not supported; block FP8 quantizes activations "
+                    f"field {gpath}.input_activations={quote(act)} is not supported; block FP8 quantizes activations "
                     "dynamically to 8-bit float",
                     file=source,
                 )
@@ -191,7 +197,7 @@ def parse_quant_config(qc: Any, source: str = "<config>") -> CheckpointQuantConf
     if method == "compressed-tensors":
         return _parse_compressed_tensors(qc, source)
     raise CheckpointError(
-        f"field quantization_config.quant_method={method!r} is not supported; valid: {', '.join(QUANT_METHODS)}",
+        f"field quantization_config.quant_method={quote(method)} is not supported; valid: {', '.join(QUANT_METHODS)}",
         file=source,
     )
 
@@ -208,7 +214,7 @@ def fp8_quant_config_dict(
 ) -> dict:
     """The `quantization_config` we write (HF `fp8` form), with both skip-list keys."""
     if scale_fmt not in ("float32", "ue8m0"):
-        raise CheckpointError(f"scale_fmt={scale_fmt!r} is not valid; valid: float32, ue8m0")
+        raise CheckpointError(f"scale_fmt={quote(scale_fmt)} is not valid; valid: float32, ue8m0")
     d: dict[str, Any] = {
         "quant_method": "fp8",
         "fmt": "e4m3",

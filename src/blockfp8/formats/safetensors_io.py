@@ -9,8 +9,10 @@ pickle can run arbitrary code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,11 +21,13 @@ from pathlib import Path
 import torch
 
 from blockfp8.formats.errors import CheckpointError
+from blockfp8.paths import InputError, check_depth, link_escapes, open_regular, quote, read_bounded
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+MAX_INDEX_BYTES = 64 * 1024 * 1024  # an index holds one short line per tensor
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -80,8 +84,8 @@ def read_header(path: str | Path) -> tuple[dict[str, str], dict[str, TensorInfo]
     """Parse and check a safetensors header: ``(metadata, {name: TensorInfo})`` in data order."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise CheckpointError(f"truncated or not a safetensors file ({size} bytes, no header)", file=path)
@@ -91,39 +95,43 @@ def read_header(path: str | Path) -> tuple[dict[str, str], dict[str, TensorInfo]
                     f"corrupt or truncated: header length {n} does not fit in a file of {size} bytes", file=path
                 )
             raw = f.read(n)
+    except InputError as exc:
+        raise CheckpointError(str(exc).split(": ", 1)[-1], file=path) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read ({exc.strerror or exc})", file=path) from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"corrupt header: not valid JSON ({exc})", file=path) from None
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError, an int of 4300+ digits
+        raise CheckpointError(f"corrupt header: not valid JSON ({quote(str(exc), 200)})", file=path) from None
+    except RecursionError:
+        raise CheckpointError("corrupt header: JSON nested too deeply", file=path) from None
     if not isinstance(header, dict):
         raise CheckpointError("corrupt header: not a JSON object", file=path)
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise CheckpointError("corrupt header: __metadata__ is not an object", file=path)
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError("corrupt header: __metadata__ is not an object of strings", file=path)
     data_len = size - 8 - n
     infos: list[TensorInfo] = []
     for name, entry in header.items():
         if not isinstance(entry, dict):
             raise CheckpointError("corrupt header entry", file=path, tensor=name)
         code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if code not in DTYPES:
-            raise CheckpointError(f"dtype {code!r} is not supported; known: {', '.join(DTYPES)}", file=path,
+        if not isinstance(code, str) or code not in DTYPES:
+            raise CheckpointError(f"dtype {quote(code)} is not supported; known: {', '.join(DTYPES)}", file=path,
                                   tensor=name)
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise CheckpointError(f"corrupt header: shape {shape!r}", file=path, tensor=name)
+            raise CheckpointError(f"corrupt header: shape {quote(shape)}", file=path, tensor=name)
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(isinstance(o, int) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]
         ):
-            raise CheckpointError(f"corrupt header: data_offsets {offsets!r}", file=path, tensor=name)
+            raise CheckpointError(f"corrupt header: data_offsets {quote(offsets)}", file=path, tensor=name)
         want = math.prod(shape) * _itemsize(DTYPES[code])
         if offsets[1] - offsets[0] != want:
             raise CheckpointError(
-                f"corrupt header: shape {shape} of {code} needs {want} bytes, data_offsets give "
+                f"corrupt header: shape {quote(shape)} of {code} needs {quote(want)} bytes, data_offsets give "
                 f"{offsets[1] - offsets[0]}",
                 file=path,
                 tensor=name,
@@ -161,6 +169,32 @@ def refuse_pickle(path: str | Path) -> None:
         )
 
 
+def _inside(path: Path, folder: Path) -> Path:
+    """``path`` when it stays inside ``folder`` after resolving links; a link out of the folder is not followed."""
+    if link_escapes(path, folder):
+        raise CheckpointError(f"a symbolic link out of the folder (to {path.resolve()}); links are not followed "
+                              "out of a checkpoint folder", file=path)
+    return path
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    try:
+        data = json.loads(read_bounded(index, MAX_INDEX_BYTES, "safetensors index"))
+        check_depth(data)
+    except InputError as exc:
+        raise CheckpointError(str(exc).split(": ", 1)[-1], file=index) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read ({exc.strerror or exc})", file=index) from None
+    except RecursionError:
+        raise CheckpointError("JSON nested too deeply: not a safetensors index", file=index) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number of 4300+ digits
+        raise CheckpointError(f"not valid JSON ({quote(str(exc), 200)})", file=index) from None
+    wm = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+        raise CheckpointError("field weight_map is missing, empty or not a {tensor: shard} object", file=index)
+    return wm
+
+
 def _resolve_files(folder: Path) -> tuple[list[Path], Path | None, dict[str, str] | None]:
     """(shard files, index path, weight_map) for a folder or a single .safetensors file."""
     if folder.is_file():
@@ -171,34 +205,28 @@ def _resolve_files(folder: Path) -> tuple[list[Path], Path | None, dict[str, str
     if not folder.is_dir():
         raise CheckpointError("no such checkpoint folder or file", file=folder)
     index = folder / INDEX_FILE
-    if index.is_file():
-        try:
-            data = json.loads(index.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"not valid JSON ({exc})", file=index) from None
-        wm = data.get("weight_map") if isinstance(data, dict) else None
-        if not isinstance(wm, dict) or not wm or not all(isinstance(k, str) and isinstance(v, str)
-                                                          for k, v in wm.items()):
-            raise CheckpointError("field weight_map is missing, empty or not a {tensor: shard} object", file=index)
-        shards: list[Path] = []
+    if os.path.lexists(index):
+        wm = _read_index(_inside(index, folder))
+        shards: dict[str, Path] = {}  # a dict: 90k index entries name a few hundred shards
         for tensor, shard in wm.items():
-            p = folder / shard
-            if Path(shard).name != shard:
-                raise CheckpointError(f"shard {shard!r} is not a plain file name in the folder", file=index,
+            if shard in shards:
+                continue
+            if Path(shard).name != shard or shard in ("", ".", ".."):
+                raise CheckpointError(f"shard {quote(shard)} is not a plain file name in the folder", file=index,
                                       tensor=tensor)
-            if p not in shards:
-                if not p.is_file():
-                    raise CheckpointError(f"shard {shard!r} named in the index is missing", file=index,
-                                          tensor=tensor)
-                refuse_pickle(p)
-                shards.append(p)
-        return shards, index, dict(wm)
+            p = folder / shard
+            refuse_pickle(p)
+            if not os.path.lexists(p):
+                raise CheckpointError(f"shard {quote(shard)} named in the index is missing", file=index,
+                                      tensor=tensor)
+            shards[shard] = _inside(p, folder)
+        return list(shards.values()), index, wm
     single = folder / SINGLE_FILE
-    if single.is_file():
-        return [single], None, None
+    if os.path.lexists(single):
+        return [_inside(single, folder)], None, None
     found = sorted(folder.glob("*.safetensors"))
     if found:
-        return found, None, None
+        return [_inside(p, folder) for p in found], None, None
     pickles = sorted(p for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         refuse_pickle(pickles[0])
@@ -309,9 +337,20 @@ class StreamingSafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
         self._f = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._f.write(struct.pack("<Q", len(raw)))
-        self._f.write(raw)
+        with self._naming_the_file():
+            self._f.write(struct.pack("<Q", len(raw)))
+            self._f.write(raw)
         self._next = 0
+
+    @contextlib.contextmanager
+    def _naming_the_file(self) -> Iterator[None]:
+        """A failed write (a full disk) raises OSError without a file name; give it ours."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            raise type(exc)(exc.errno, exc.strerror, str(self.path)) from None
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self._order):
@@ -326,21 +365,24 @@ class StreamingSafetensorsWriter:
                 tensor=name,
             )
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._f.write(memoryview(data))
+        with self._naming_the_file():
+            self._f.write(memoryview(data))
         self._next += 1
 
     def close(self) -> None:
         if self._f.closed:
             return
         missing = [n for n, _, _ in self._order[self._next:]]
-        self._f.close()
+        with self._naming_the_file():
+            self._f.close()  # flushes: the last write can fail here
         if missing:
             raise CheckpointError(f"{len(missing)} planned tensors were never written (first: {missing[0]!r})",
                                   file=self.path)
 
     def abort(self) -> None:
         if not self._f.closed:
-            self._f.close()
+            with contextlib.suppress(OSError):  # the error being handled is the one to report
+                self._f.close()
 
     def __enter__(self) -> StreamingSafetensorsWriter:
         return self

@@ -16,8 +16,8 @@ builds one from the model's own module structure.
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Protocol
 
 import torch
 
+from blockfp8 import atomic, paths
 from blockfp8.formats.errors import CheckpointError
 from blockfp8.formats.hf_config import CONFIG_FILE, read_config_json
 from blockfp8.formats.quant_config import fp8_quant_config_dict
@@ -75,15 +76,44 @@ class QuantizeCheckpointReport:
         }
 
 
-def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
-    if not src.is_dir():
+def check_destination(src: str | Path, dst: str | Path, overwrite: bool) -> tuple[Path, Path]:
+    """``(src, dst)`` resolved, checked before any work: SRC a folder, DST neither SRC nor inside it nor around it
+    once links are resolved, DST absent unless ``overwrite`` (and then a folder), DST's parent writable."""
+    src_r, dst_r = paths.resolved(src), paths.resolved(dst)
+    if not src_r.is_dir():
         raise CheckpointError("SRC is not a folder", file=src)
-    if dst == src or src in dst.parents or dst in src.parents:
-        raise CheckpointError(f"DST {dst} must lie outside SRC {src} (SRC is never modified)", file=dst)
-    if dst.exists() and not overwrite:
+    if paths.same_or_nested(src_r, dst_r):
+        shown = f" (after resolving links: {dst_r} and {src_r})" if (src_r, dst_r) != (Path(src), Path(dst)) else ""
+        raise CheckpointError(f"DST {dst} must lie outside SRC {src}{shown}; SRC is never modified", file=dst)
+    if os.path.lexists(dst_r) and not overwrite:
         raise CheckpointError("already exists; pass --overwrite (overwrite=True) to replace it", file=dst)
-    if dst.exists() and not dst.is_dir():
+    if os.path.lexists(dst_r) and not dst_r.is_dir():
         raise CheckpointError("exists and is not a folder", file=dst)
+    try:
+        atomic.check_target(dst_r.parent, folder=True)  # the result is written beside DST, then renamed
+    except OSError as exc:
+        raise CheckpointError(f"cannot be written: {exc.filename}: {exc.strerror}", file=dst) from None
+    return src_r, dst_r
+
+
+def _extra_files(src: Path, skip: set[str], report: QuantizeCheckpointReport) -> list[Path]:
+    """The other files of SRC to copy (tokenizer, generation config, ...); everything else is named in
+    ``report.not_copied`` with the reason. A link out of SRC is never followed: its target may be anything."""
+    keep = []
+    for p in sorted(src.iterdir()):
+        if p.name in skip or p.name.startswith("."):
+            continue
+        if p.suffix.lower() in PICKLE_SUFFIXES:
+            report.not_copied[p.name] = "pickle file (never read or copied)"
+        elif p.suffix == ".safetensors":
+            report.not_copied[p.name] = "safetensors file not part of the checkpoint's index"
+        elif p.is_symlink() and paths.link_escapes(p, src):
+            report.not_copied[p.name] = "symbolic link out of SRC, not followed"
+        elif not paths.is_regular(p):
+            report.not_copied[p.name] = "not a regular file"
+        else:
+            keep.append(p)
+    return keep
 
 
 def _plan(ckpt: SafetensorsCheckpoint, selector: TensorSelector, block_size: tuple[int, int],
@@ -99,7 +129,8 @@ def _plan(ckpt: SafetensorsCheckpoint, selector: TensorSelector, block_size: tup
             if info.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
                 raise CheckpointError("SRC already holds FP8 tensors; it must be a bf16/fp32 model", file=f,
                                       tensor=name)
-            if name.endswith(".weight") and len(info.shape) == 2 and info.dtype in FLOAT_DTYPES:
+            if name.endswith(".weight") and len(info.shape) == 2 and 0 not in info.shape \
+                    and info.dtype in FLOAT_DTYPES:
                 quantize, why = selector.decide(name, info.shape, info.dtype)
             else:
                 quantize, why = False, "not a 2-D floating-point .weight"
@@ -167,11 +198,10 @@ def quantize_checkpoint(
     progress: bool = True,
 ) -> QuantizeCheckpointReport:
     """Quantize the model folder ``src`` into a new block-FP8 folder ``dst`` (see the module docstring)."""
-    src, dst = Path(src).absolute(), Path(dst).absolute()
     block_size = ref.normalize_block_size(block_size)
     if scale_fmt not in ref.SCALE_FMTS:
         raise CheckpointError(f"scale_fmt={scale_fmt!r} is not valid; valid values: {', '.join(ref.SCALE_FMTS)}")
-    _check_paths(src, dst, overwrite)
+    src, dst = check_destination(src, dst, overwrite)
     config = read_config_json(src)
     if config.get("quantization_config") is not None:
         raise CheckpointError("has a quantization_config already: SRC must be a bf16/fp32 model",
@@ -182,46 +212,41 @@ def quantize_checkpoint(
         if not report.quantized:
             raise CheckpointError("no tensor selected for quantization (every linear layer ignored?)", file=src)
         report.skipped_modules = sorted(selector.skipped_modules())
-        total = sum(ckpt.info(n).nbytes for n in ckpt.names())
-        report.bytes_in = total
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        report.bytes_in = sum(ckpt.info(n).nbytes for n in ckpt.names())
+        extra = _extra_files(src, {f.name for f in ckpt.files} | {INDEX_FILE, CONFIG_FILE}, report)
+        atomic.reclaim_stale(dst)
+        tmp = atomic.partial_folder(dst)
         try:
-            from tqdm.auto import tqdm
-
-            weight_map: dict[str, str] = {}
-            with tqdm(total=total, unit="B", unit_scale=True, desc="quantize", disable=not progress) as bar:
-                for f, rows in plan.items():
-                    names = _write_shard(ckpt, f, tmp / f.name, rows, block_size, scale_fmt, bar.update)
-                    weight_map.update({n: f.name for n in names})
-            report.bytes_out = sum((tmp / f.name).stat().st_size for f in plan)
-            if ckpt.index_path is not None:
-                index = {"metadata": {"total_size": report.bytes_out}, "weight_map": dict(sorted(weight_map.items()))}
-                (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-            weight_files = {f.name for f in ckpt.files}
-            for p in sorted(src.iterdir()):
-                if p.name in weight_files or p.name in (INDEX_FILE, CONFIG_FILE) or p.name.startswith("."):
-                    continue
-                if p.suffix.lower() in PICKLE_SUFFIXES:
-                    report.not_copied[p.name] = "pickle file (never read or copied)"
-                elif p.suffix == ".safetensors":
-                    report.not_copied[p.name] = "safetensors file not part of the checkpoint's index"
-                elif not p.is_file():
-                    report.not_copied[p.name] = "not a regular file"
-                else:
-                    shutil.copy2(p, tmp / p.name)
-                    report.copied_files.append(p.name)
-            config["quantization_config"] = fp8_quant_config_dict(block_size, scale_fmt, report.skipped_modules)
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
-            if dst.exists():
-                old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-                dst.rename(old)
-                tmp.rename(dst)
-                shutil.rmtree(old)
-            else:
-                tmp.rename(dst)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            _write_folder(ckpt, plan, tmp, config, extra, block_size, scale_fmt, report, progress)
+            atomic.publish_folder(tmp, dst, overwrite=overwrite)
+        except FileExistsError as exc:
+            raise CheckpointError(exc.strerror, file=dst) from None
+        except OSError as exc:
+            where = f" {Path(exc.filename).name}" if exc.filename else ""
+            raise CheckpointError(f"cannot write{where} ({exc.strerror or exc}); DST was left as it was",
+                                  file=dst) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already when published
     return report
+
+
+def _write_folder(ckpt: SafetensorsCheckpoint, plan: dict[Path, list[tuple[str, bool]]], tmp: Path, config: dict,
+                  extra: list[Path], block_size: tuple[int, int], scale_fmt: str, report: QuantizeCheckpointReport,
+                  progress: bool) -> None:
+    """Everything DST will hold, written into ``tmp``: the shards, the index, the copied files, config.json."""
+    from tqdm.auto import tqdm
+
+    weight_map: dict[str, str] = {}
+    with tqdm(total=report.bytes_in, unit="B", unit_scale=True, desc="quantize", disable=not progress) as bar:
+        for f, rows in plan.items():
+            names = _write_shard(ckpt, f, tmp / f.name, rows, block_size, scale_fmt, bar.update)
+            weight_map.update({n: f.name for n in names})
+    report.bytes_out = sum((tmp / f.name).stat().st_size for f in plan)
+    if ckpt.index_path is not None:
+        index = {"metadata": {"total_size": report.bytes_out}, "weight_map": dict(sorted(weight_map.items()))}
+        (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    for p in extra:
+        shutil.copyfile(p, tmp / p.name)
+        report.copied_files.append(p.name)
+    config["quantization_config"] = fp8_quant_config_dict(block_size, scale_fmt, report.skipped_modules)
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")

@@ -24,7 +24,7 @@ from torch import nn
 
 from blockfp8.config import BlockFP8Config
 from blockfp8.formats import CheckpointError, FP8Checkpoint, read_config_json
-from blockfp8.formats.hf_config import text_model_type
+from blockfp8.formats.hf_config import CONFIG_FILE, check_model_sizes, text_model_type
 from blockfp8.nn.convert import (
     QuantizeReport,
     convertible_modules,
@@ -68,10 +68,11 @@ def _meta_model(folder: Path, trust_remote_code: bool = False):
     except ImportError as exc:
         raise CheckpointError("needs transformers to read the model structure: pip install 'blockfp8[hf]'",
                               file=folder) from exc
+    check_model_sizes(read_config_json(folder), folder / CONFIG_FILE)
     try:
         cfg = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
-    except (ValueError, KeyError, OSError) as exc:
-        raise CheckpointError(f"transformers cannot read config.json ({exc})", file=folder / "config.json") from None
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise CheckpointError(f"transformers cannot read it ({str(exc)[:300]})", file=folder / CONFIG_FILE) from None
     if getattr(cfg, "quantization_config", None) is not None:
         cfg.quantization_config = None
         if hasattr(cfg, "__dict__"):
@@ -79,9 +80,9 @@ def _meta_model(folder: Path, trust_remote_code: bool = False):
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"transformers cannot build a causal LM for model_type={cfg.model_type!r} ({exc})",
-                              file=folder / "config.json") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"transformers cannot build a causal LM for model_type={cfg.model_type!r} "
+                              f"({str(exc)[:300]})", file=folder / CONFIG_FILE) from None
     return model
 
 
@@ -169,6 +170,7 @@ def _empty_model(folder: Path, dtype: torch.dtype, trust_remote_code: bool) -> n
     except ImportError as exc:
         raise CheckpointError("loading a model needs transformers and accelerate: pip install 'blockfp8[hf]'",
                               file=folder) from exc
+    check_model_sizes(read_config_json(folder), folder / CONFIG_FILE)
     tcfg = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
     tcfg.quantization_config = None
     tcfg.__dict__.pop("quantization_config", None)
