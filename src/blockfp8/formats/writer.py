@@ -188,10 +188,10 @@ def quantize_checkpoint(
         tmp = dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            from tqdm.auto import tqdm
+            from blockfp8.log import Progress
 
             weight_map: dict[str, str] = {}
-            with tqdm(total=total, unit="B", unit_scale=True, desc="quantize", disable=not progress) as bar:
+            with Progress("quantizing", total, "MiB", enabled=progress, scale=2**20) as bar:
                 for f, rows in plan.items():
                     names = _write_shard(ckpt, f, tmp / f.name, rows, block_size, scale_fmt, bar.update)
                     weight_map.update({n: f.name for n in names})
