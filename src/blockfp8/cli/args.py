@@ -54,8 +54,9 @@ def block_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a block size: give BN,BK (e.g. 128,128), BNxBK or one "
                                          f"number for a square block; each side one of {valid}")
     if any(v not in BLOCK_SIDES for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: block sides must be one of {valid} (128,128 is what DeepGEMM "
-                                         "and cuBLASLt take; others run on Triton or the reference backend)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid block size: each side must be one of {valid} "
+                                         "(128,128 is what DeepGEMM and cuBLASLt take; others run on Triton or the "
+                                         "reference backend)")
     return values[0], values[1]
 
 

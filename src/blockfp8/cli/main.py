@@ -2,7 +2,8 @@
 ``add_arguments(parser)`` and ``run(args) -> int`` and keeps heavy imports inside ``run``, so that
 ``blockfp8 --help`` imports neither torch's CUDA runtime nor Triton.
 
-Exit codes: 0 ok, 1 findings/failure, 2 usage (bad flag, bad environment variable, bad config).
+Exit codes: 0 ok, 1 findings/failure or a bad input file, 2 usage (bad flag or value, a path that does not exist,
+bad environment variable, bad config).
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from blockfp8 import log
     from blockfp8.envs import EnvError
 
+    log.set_quiet(getattr(args, "quiet", False))  # --quiet: no progress lines from any step
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
