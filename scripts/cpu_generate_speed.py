@@ -2,7 +2,7 @@
 ``quantize_model`` (block FP8, reference backend, its CPU path on a cached dequantized weight). Batch 1, KV cache,
 ``--new`` tokens after a short prompt, the median of ``--reps`` runs after one warm-up run each.
 
-    python scripts/cpu_generate_speed.py --new 32 --reps 3 [--json FILE]
+    python scripts/cpu_generate_speed.py --new 32 --reps 3 [--json FILE|-]
 
 Prints one line per variant (seconds per generated token) and the ratio; checks that the FP8 text is the text
 ``gemm_reference`` itself gives (the cached path is the same arithmetic).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
 import time
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--new", type=int, default=32, help="generated tokens per run (default 32)")
     p.add_argument("--reps", type=int, default=3, help="timed runs per variant (default 3)")
-    p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON (- for stdout)")
     args = p.parse_args(argv)
 
     import torch
@@ -67,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"bf16: {s_bf16:.4f} s/token; FP8 (reference, cached dequantized weight): {s_fp8:.4f} s/token; "
           f"FP8 speed {s_bf16 / s_fp8:.2f}x bf16; same text as gemm_reference: {same} "
-          f"(torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads)")
-    if args.json:
+          f"(torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads)",
+          file=sys.stderr if args.json == "-" else sys.stdout)
+    if args.json == "-":
+        print(json.dumps(result, indent=2))
+    elif args.json:
         from blockfp8 import atomic
 
         atomic.write_json(args.json, result)

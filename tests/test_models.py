@@ -80,21 +80,23 @@ def _last_line(err: str) -> str:
 
 
 def test_every_model_command_takes_our_fp8_output(folders, tmp_path, capsys):
-    _, fp8 = folders
+    float_folder, fp8 = folders
     assert main(["audit", "--model", str(fp8), "--weights-only", "--json", "-", "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["summary"]["verdict"] in ("safe", "unsafe") and len(out["layers"]) == 14
     assert main(["check", "--model", str(fp8), "--calib", "1", "--eval", "2", "--seq-len", "16", "--bootstrap",
                  "20", "--device", "cpu", "--out", str(tmp_path / "check"), "--quiet"]) == 0
     assert "verdict for UE8M0 scales" in capsys.readouterr().out
-    cfg = {"model": str(fp8), "task": "lambada", "num_questions": 2, "dtype": "float32", "batch_size": 2,
+    cfg = {"model": str(float_folder), "task": "lambada", "num_questions": 2, "dtype": "float32", "batch_size": 2,
            "bootstrap_samples": 20, "variants": [{"name": "base", "accuracy_threshold": 0.0},
                                                  {"name": "fp8", "blockfp8": {}, "accuracy_threshold": 0.0}]}
     path = tmp_path / "eval.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert main(["eval", str(path), "--device", "cpu", "--json", "--quiet"]) == 0
+    assert main(["eval", str(path), "--model", str(fp8), "--device", "cpu", "--json", "--quiet"]) == 0
     captured = capsys.readouterr()
-    assert set(json.loads(captured.out)["variants"]) == {"base", "fp8"} and "| base |" in captured.err
+    results = json.loads(captured.out)
+    assert results["config"]["model"] == str(fp8) and set(results["variants"]) == {"base", "fp8"}
+    assert "| base |" in captured.err
 
 
 @pytest.mark.parametrize("argv", [

@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to run (default: cuda when available, else cpu)")
     p.add_argument("--batch-size", type=positive_int, help="override the config's batch_size")
     p.add_argument("--variants", help="comma-separated subset of the config's variant names")
+    p.add_argument("--model", help="run this model instead of the config's `model:` (an embedded model, a .gguf "
+                                   "file, a transformers folder or a block-FP8 folder)")
     add_output_arguments(p, "the full results (per-item outcomes included)")
     p.add_argument("--markdown", metavar="FILE", help="write the results table as markdown (also printed; - for "
                                                       "stdout)")
@@ -41,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
     except EvalConfigError as exc:
         raise UsageError(str(exc)) from None
+    if args.model:
+        from dataclasses import replace
+
+        cfg = replace(cfg, model=args.model)
 
     from blockfp8.eval.report import dumps, markdown, samples_text, split_samples
     from blockfp8.eval.runner import EvalError, evaluate

@@ -224,9 +224,10 @@ def _blockfp8(raw: Any, where: str, fail) -> dict[str, Any] | None:
 def _check_model(model: str, fail) -> None:
     from blockfp8.models import EMBEDDED
 
-    if model in EMBEDDED or Path(model).is_dir():
+    if model in EMBEDDED or Path(model).is_dir() or (model.lower().endswith(".gguf") and Path(model).is_file()):
         return
-    raise fail("model", f"unknown model {model!r}: neither an embedded model ({', '.join(EMBEDDED)}) nor a folder")
+    raise fail("model", f"unknown model {model!r}: neither an embedded model ({', '.join(EMBEDDED)}), a .gguf file "
+                        "nor a folder")
 
 
 def _string(value: Any, name: str, fail, allow_empty: bool = False) -> str:
