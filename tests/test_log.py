@@ -64,3 +64,14 @@ def test_progress_wraps_an_iterable(capsys, monkeypatch):
     assert "blockfp8: scoring: 2/2 batches (100%)" in err
     log.step("loading smollm2")
     assert capsys.readouterr().err == "blockfp8: loading smollm2\n"
+
+
+def test_a_timer_prints_while_one_long_item_runs():
+    import time
+
+    out = io.StringIO()
+    with log.Progress("loading smollm2", stream=out, interval=0.02):
+        time.sleep(0.15)
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 3 and all(line.startswith("blockfp8: loading smollm2: ") for line in lines)
+    assert lines[0].endswith(" s") and "/" not in lines[0]

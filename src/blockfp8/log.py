@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -63,8 +64,9 @@ def is_quiet() -> bool:
 
 class Progress:
     """Progress of one long step on stderr. On a terminal one line redrawn in place; elsewhere (a log file, a
-    pipe, CI) a plain line every :data:`PROGRESS_INTERVAL_S` seconds, so a long run never looks hung. Silent
-    with ``enabled=False`` or after :func:`set_quiet`. Use as a context manager and call :meth:`update`."""
+    pipe, CI) a plain line every :data:`PROGRESS_INTERVAL_S` seconds, from a timer thread, so that a step whose
+    items each take long (or that has no items, like loading a model) never looks hung. Silent with
+    ``enabled=False`` or after :func:`set_quiet`. Use as a context manager and call :meth:`update`."""
 
     def __init__(self, desc: str, total: float | None = None, unit: str = "", *, enabled: bool = True,
                  stream=None, interval: float | None = None, scale: float = 1.0):
@@ -76,6 +78,15 @@ class Progress:
         self.done = 0.0
         self.t0 = self._last = time.monotonic()
         self._printed = False
+        self._stop = threading.Event()
+        self._timer = None
+        if self.enabled and not self.tty and self.interval > 0:
+            self._timer = threading.Thread(target=self._beat, name="blockfp8-progress", daemon=True)
+            self._timer.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._emit()
 
     def _amount(self, value: float) -> str:
         value = value / self.scale
@@ -86,10 +97,10 @@ class Progress:
         unit = f" {self.unit}" if self.unit else ""
         if self.total:
             pct = 100.0 * self.done / self.total
-            what = f"{self._amount(self.done)}/{self._amount(self.total)}{unit} ({pct:.0f}%)"
+            what = f"{self._amount(self.done)}/{self._amount(self.total)}{unit} ({pct:.0f}%), "
         else:
-            what = f"{self._amount(self.done)}{unit}"
-        return f"blockfp8: {self.desc}: {what}, {elapsed:.0f} s"
+            what = f"{self._amount(self.done)}{unit}, " if self.done else ""
+        return f"blockfp8: {self.desc}: {what}{elapsed:.0f} s"
 
     def _emit(self, final: bool = False) -> None:
         if self.tty:
@@ -101,7 +112,7 @@ class Progress:
 
     def update(self, n: float = 1) -> None:
         self.done += n
-        if not self.enabled:
+        if not self.enabled or self._timer is not None:  # off a terminal the timer thread prints
             return
         now = time.monotonic()
         if now - self._last >= self.interval:
@@ -111,6 +122,9 @@ class Progress:
     def close(self) -> None:
         """The last line (on a terminal always; elsewhere only when a line was printed already, so short steps
         stay silent)."""
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join()
         if self.enabled and (self.tty or self._printed):
             self._emit(final=True)
         self.enabled = False

@@ -231,7 +231,7 @@ def load_causal_lm(name_or_path: str, dtype=None, device: str = "cpu"):
     :func:`model_dtype` (``auto``, ``float32``, ``bfloat16``) or None (float32)."""
     import torch
 
-    from blockfp8.log import step
+    from blockfp8.log import Progress, step
 
     if importlib.util.find_spec("transformers") is None:
         raise ModelNotFoundError(f"loading a model needs transformers: {INSTALL_HF}")
@@ -257,14 +257,15 @@ def load_causal_lm(name_or_path: str, dtype=None, device: str = "cpu"):
             loader = (functools.partial(_load_fp8_dequantized, Path(folder), dtype, device) if method else
                       functools.partial(AutoModelForCausalLM.from_pretrained, folder, dtype=dtype,
                                         local_files_only=True, use_safetensors=True))
-        tokenizer = _tokenizer(folder, local_files_only=True, **kwargs)
-        try:
-            model = loader()
-        except ModelError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one line naming the model, not transformers' traceback
-            raise ModelError(f"{name_or_path}: could not be loaded ({type(exc).__name__}: {_first_line(exc)})") \
-                from None
+        with Progress(f"loading {name_or_path}"):  # a line every few seconds off a terminal
+            tokenizer = _tokenizer(folder, local_files_only=True, **kwargs)
+            try:
+                model = loader()
+            except ModelError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one line naming the model, not transformers' traceback
+                raise ModelError(f"{name_or_path}: could not be loaded ({type(exc).__name__}: "
+                                 f"{_first_line(exc)})") from None
     model.to(device).eval()
     return model, tokenizer
 
