@@ -19,6 +19,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_with(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
     """Call ``writer(tmp_path)`` and rename the result onto ``path``; on any error the temporary file is removed
     and ``path`` is left as it was."""
@@ -28,6 +34,7 @@ def write_with(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
     # writers such as matplotlib's savefig read the format from.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result is readable like any other output
     try:
         writer(tmp)
         os.replace(tmp, path)

@@ -65,4 +65,4 @@ def test_bench_cli_needs_a_gpu(capsys):
         pytest.skip("a GPU is present")
     assert main(["bench", "gemm", "--m", "1", "--nk", "576x7168"]) == 1
     assert main(["tune", "--m", "1"]) == 1
-    assert "needs a CUDA GPU" in capsys.readouterr().out
+    assert "error: needs a CUDA GPU" in capsys.readouterr().err

@@ -43,12 +43,12 @@ def test_thresholds_from_flags():
 
 
 @pytest.mark.parametrize("text,want", [("128", (128, 128)), ("128x64", (128, 64)), ("64,128", (64, 128)),
-                                       ("1X128", (1, 128))])
+                                       ("32X128", (32, 128)), ("16", (16, 16))])
 def test_block_size_grammar(text, want):
     assert block_size(text) == want
 
 
-@pytest.mark.parametrize("text", ["", "0", "128,0", "a,b", "1,2,3", "-128"])
+@pytest.mark.parametrize("text", ["", "0", "128,0", "a,b", "1,2,3", "-128", "100", "128,96", "8", "512"])
 def test_bad_block_sizes_are_refused(text):
     with pytest.raises(argparse.ArgumentTypeError, match="block size"):
         block_size(text)

@@ -125,8 +125,16 @@ def test_invalid_env_exits_2_listing_valid_values(name, value, valid, monkeypatc
     assert name in err and valid in err
 
 
-def test_bad_arch_flag_and_conflicting_sources_exit_2(tmp_path, capsys):
-    assert main(["explain", "--arch", "hopper"]) == 2
+@pytest.mark.parametrize("bad", ["hopper", "sm_42", "9"])
+def test_bad_arch_flag_exits_2_listing_the_valid_values(bad, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["explain", "--arch", bad])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--arch: {bad!r}" in err and "sm_90, sm_100" in err and len(err.strip().splitlines()[-1]) < 300
+
+
+def test_conflicting_sources_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["explain", "--model-type", "x", "--checkpoint", str(tmp_path)])
     assert info.value.code == 2

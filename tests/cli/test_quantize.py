@@ -111,8 +111,9 @@ def test_refuses_existing_dst_unless_overwrite(llama_src, tmp_path, capsys):
     dst = tmp_path / "fp8"
     dst.mkdir()
     (dst / "keep.txt").write_text("x")
-    assert main(["quantize", str(llama_src), str(dst), "--no-progress"]) == 1
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["quantize", str(llama_src), str(dst), "--no-progress"]) == 2  # usage: say --overwrite
+    err = capsys.readouterr().err
+    assert "already exists; pass --overwrite to replace it" in err and "overwrite=True" not in err
     assert (dst / "keep.txt").exists()
     assert main(["quantize", str(llama_src), str(dst), "--overwrite", "--no-progress"]) == 0
     assert not (dst / "keep.txt").exists() and (dst / "config.json").exists()

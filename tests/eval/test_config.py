@@ -131,7 +131,9 @@ def test_cli_bad_config_exits_2_naming_the_field(tmp_path, capsys):
     path.write_text(yaml.safe_dump(with_("task", "sciq")))
     assert main(["eval", str(path)]) == 2
     assert "unknown task 'sciq'" in capsys.readouterr().err
-    assert main(["eval", str(tmp_path / "c.yaml"), "--limit", "0"]) == 2
+    with pytest.raises(SystemExit) as info:  # a bad flag value: argparse's usage error
+        main(["eval", str(tmp_path / "c.yaml"), "--limit", "0"])
+    assert info.value.code == 2 and "--limit: '0' must be a positive integer" in capsys.readouterr().err
 
 
 def test_cli_bad_config_exit_code_from_a_shell(tmp_path):

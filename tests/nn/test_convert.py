@@ -134,3 +134,41 @@ def test_already_converted_and_meta_modules():
     assert quantize_model(meta).skipped == {"0": "weights are on the meta device (not materialized)"}
     with pytest.raises(ValueError, match="weight_scale_fmt='e4m3'"):
         quantize_model(model, weight_scale_fmt="e4m3")
+
+
+@pytest.mark.parametrize("scale_fmt", ["float32", "ue8m0"])
+@torch.no_grad()
+def test_save_pretrained_after_quantize_model_round_trips(tmp_path, scale_fmt):
+    """save_pretrained writes the fp8 quantization_config: our loader gives the same logits bit for bit and plain
+    transformers (which dequantizes on a CPU) reads the same weights back, not FP8 bytes taken for floats."""
+    import json
+
+    from blockfp8.formats import read_quant_config
+    from blockfp8.nn import load_fp8_checkpoint
+
+    cfg = LlamaConfig(**{**COMMON, "hidden_size": 256, "intermediate_size": 512})  # whole 128-blocks
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+    ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(1))
+    quantize_model(model, BlockFP8Config(scale_fmt=scale_fmt) if scale_fmt == "ue8m0" else None)
+    want = model(ids).logits
+    model.save_pretrained(tmp_path)
+    qc = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "fp8" and qc["weight_block_size"] == [128, 128]
+    assert qc["modules_to_not_convert"] == ["lm_head"] and ("scale_fmt" in qc) == (scale_fmt == "ue8m0")
+    assert read_quant_config(tmp_path).scale_fmt == scale_fmt
+    assert torch.equal(load_fp8_checkpoint(tmp_path)(ids).logits, want)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    ours = model.model.layers[1].mlp.down_proj
+    theirs = plain.model.layers[1].mlp.down_proj
+    assert type(theirs) is torch.nn.Linear  # transformers dequantizes on a CPU: the same weight, bit for bit
+    assert torch.equal(theirs.weight, ref.dequantize_weight(ours.weight, ours.weight_scale_inv, (128, 128),
+                                                            torch.bfloat16))
+
+
+def test_save_pretrained_refuses_fused_fp8_experts(tmp_path):
+    model = _model("qwen3_moe")
+    quantize_model(model)
+    with pytest.raises(ValueError, match="fused FP8 experts.*blockfp8 quantize SRC DST"):
+        model.save_pretrained(tmp_path)
+    assert not any(tmp_path.iterdir())

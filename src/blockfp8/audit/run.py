@@ -4,7 +4,6 @@ comparison (``audit_model``). The CLI (``blockfp8 audit`` / ``blockfp8 check``) 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,9 +30,9 @@ def run_info(device: str, seconds: float, **extra: Any) -> dict:
 def _progress(enabled: bool, desc: str, unit: str):
     if not enabled:
         return None
-    from tqdm import tqdm
+    from blockfp8.log import progress
 
-    return lambda it: tqdm(it, desc=desc, unit=unit, file=sys.stderr)
+    return lambda it: progress(it, desc, unit)
 
 
 # --------------------------------------------------------------------------------------------- checkpoint

@@ -32,8 +32,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+# Block sides every backend family can run: powers of two (Triton tiles need >= 16); DeepGEMM and cuBLASLt take
+# 128,128 only, so another size runs on Triton or the reference backend.
+BLOCK_SIDES = (16, 32, 64, 128, 256)
+# SM capabilities blockfp8 knows a plan for (what --arch accepts).
+KNOWN_ARCHES = ("sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_100", "sm_101", "sm_103", "sm_110", "sm_120",
+                "sm_121")
+
+
 def block_size(text: str) -> tuple[int, int]:
-    """A weight block size: ``128`` (square), ``128x128`` or ``128,128``."""
+    """A weight block size: ``128`` (square), ``128x128`` or ``128,128``; each side one of :data:`BLOCK_SIDES`."""
     parts = text.lower().replace("x", ",").split(",")
     try:
         values = [int(p) for p in parts]
@@ -41,10 +49,30 @@ def block_size(text: str) -> tuple[int, int]:
         values = []
     if len(values) == 1:
         values = values * 2
-    if len(values) != 2 or min(values) <= 0:
+    valid = ", ".join(map(str, BLOCK_SIDES))
+    if len(values) != 2:
         raise argparse.ArgumentTypeError(f"{text!r} is not a block size: give BN,BK (e.g. 128,128), BNxBK or one "
-                                         "number for a square block")
+                                         f"number for a square block; each side one of {valid}")
+    if any(v not in BLOCK_SIDES for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid block size: each side must be one of {valid} "
+                                         "(128,128 is what DeepGEMM and cuBLASLt take; others run on Triton or the "
+                                         "reference backend)")
     return values[0], values[1]
+
+
+def arch(text: str) -> str:
+    """An SM capability to plan for (``sm_90``, ``90``, ``9.0``, ``sm_100a``): one of :data:`KNOWN_ARCHES`."""
+    from blockfp8.envs import EnvError, parse_arch
+
+    valid = ", ".join(KNOWN_ARCHES)
+    try:
+        major, minor = parse_arch(text)
+    except EnvError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an SM capability; valid: {valid} (also written 90, "
+                                         "9.0, sm_90a)") from None
+    if f"sm_{major}{minor}" not in KNOWN_ARCHES:
+        raise argparse.ArgumentTypeError(f"{text!r} (sm_{major}{minor}) is not a known SM capability; valid: {valid}")
+    return text
 
 
 def resolve_device(text: str, flag: str = "--device") -> str:
@@ -138,3 +166,48 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens per forward pass (default 2048)")
     parser.add_argument("--bootstrap", type=positive_int, default=2000, metavar="B",
                         help="bootstrap resamples (default 2000)")
+
+
+# ------------------------------------------------------------------------------------------------ output flags
+# One rule for every subcommand: `--json` (or `--json -`) prints JSON on stdout and nothing else there (the
+# human summary and "wrote ..." lines go to stderr); `--json FILE` writes it to FILE. `-` as any output FILE
+# means stdout. `--quiet` silences progress lines (`--no-progress` is the same flag).
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, json_help: str = "the result") -> None:
+    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                        help=f"{json_help} as JSON: on stdout (alone or with -), or into FILE")
+    parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                        help="no progress lines on stderr")
+
+
+def json_on_stdout(args: argparse.Namespace) -> bool:
+    return getattr(args, "json", None) == "-"
+
+
+def human_stream(args: argparse.Namespace):
+    """Where the human-readable text goes: stdout, except when stdout carries JSON."""
+    import sys
+
+    return sys.stderr if json_on_stdout(args) else sys.stdout
+
+
+def write_output(path: str, text: str) -> str:
+    """``text`` to stdout when ``path`` is ``-``, else into the file (atomically, mode from the umask); returns
+    a description for a "wrote ..." line ("" for stdout)."""
+    import sys
+
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return ""
+    from blockfp8 import atomic
+
+    return str(atomic.write_text(path, text))
+
+
+def write_json_output(path: str, payload) -> str:
+    """``payload`` as JSON (non-finite numbers refused, as in ``atomic.write_json``) via :func:`write_output`."""
+    import json
+
+    return write_output(path, json.dumps(payload, indent=2, allow_nan=False, default=str) + "\n")

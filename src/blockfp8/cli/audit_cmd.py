@@ -10,17 +10,21 @@ verdict (safe / unsafe for UE8M0) backed by the numbers. Three levels, each usab
 
 `torchrun --nproc-per-node N -m blockfp8 audit PATH` splits a checkpoint's tensors across ranks and writes one
 report. The calibrated and end-to-end levels simulate FP8 GEMMs with blockfp8.quant.reference (the numerics our
-kernels are tested against). Exit 0 (1 with --strict when the verdict is unsafe; 1 on a bad checkpoint; 2 usage).
+kernels are tested against). --model takes an embedded model (smollm2), a .gguf file, a transformers folder or a
+block-FP8 folder (what `blockfp8 quantize` writes: its dequantized weights are audited). Exit 0 (1 with --strict
+when the verdict is unsafe; 1 on a bad checkpoint or model file; 2 usage, also a path that does not exist).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from blockfp8.cli.args import (
     UsageError,
     add_model_arguments,
+    add_output_arguments,
     add_threshold_arguments,
     block_size,
     positive_int,
@@ -35,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("path", nargs="?", help="checkpoint: a safetensors file or a model folder (FP8 or bf16)")
-    what.add_argument("--model", help="embedded model name (smollm2) or a transformers model folder")
+    what.add_argument("--model", help="embedded model (smollm2), a .gguf file, a transformers folder or a block-FP8 "
+                                      "folder")
     p.add_argument("--weights-only", action="store_true", help="with --model: audit the weights alone")
     p.add_argument("--calib", type=positive_int, metavar="N",
                    help=f"with --model: N calibration windows (default {DEFAULT_CALIB})")
@@ -47,12 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight block size: BN,BK, BNxBK or one number (default: the checkpoint's, else 128,128)")
     p.add_argument("--measure-read", action="store_true",
                    help="checkpoint: also time merely reading the same tensors and report the rate ratio")
-    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--report", metavar="DIR", help="write report.json, report.md and PNG plots into DIR")
     p.add_argument("--top", type=int, default=0, metavar="N", help="print only the N layers that lose most")
     p.add_argument("--emit", choices=("vllm", "sglang"), help="print the serving settings that follow the verdict")
     p.add_argument("--strict", action="store_true", help="exit 1 when the verdict is unsafe")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_output_arguments(p, "the report")
     add_threshold_arguments(p)
 
 
@@ -63,6 +67,8 @@ def _check_combination(args: argparse.Namespace) -> None:
         raise UsageError("--weights-only, --calib and --e2e go with --model, not with a checkpoint PATH")
     if args.weights_only and (args.calib or args.e2e):
         raise UsageError("--weights-only excludes --calib and --e2e")
+    if args.path and not Path(args.path).exists():
+        raise UsageError(f"PATH {args.path}: no such file or folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,16 +77,17 @@ def run(args: argparse.Namespace) -> int:
     from blockfp8.audit import run as levels
     from blockfp8.audit.render import render_text
     from blockfp8.audit.report import write_report_folder
+    from blockfp8.cli.args import human_stream, write_json_output
     from blockfp8.formats.errors import CheckpointError
-    from blockfp8.models import ModelError, load_causal_lm
+    from blockfp8.models import ModelError, ModelNotFoundError, load_causal_lm
 
     _check_combination(args)
     for target, folder in ((args.json, False), (args.report, True)):
-        if target:
+        if target and target != "-":  # "-" is stdout
             atomic.check_target(target, folder=folder)  # fail now, not after the whole audit
     thresholds = thresholds_from_args(args)
     device = resolve_device(args.device)
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = not args.quiet
     command = "blockfp8 audit " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["audit"] else None
     dist = None
     try:
@@ -103,22 +110,24 @@ def run(args: argparse.Namespace) -> int:
                     model, tokenizer, args.model, calib=calib, seq_len=args.seq_len,
                     eval_windows=(args.eval or 2 * calib) if args.e2e else 0, block=block, thresholds=thresholds,
                     device=device, batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress)
-    except ModelError as exc:  # the model cannot be found or loaded: a usage problem
-        print(f"blockfp8 audit: error: {exc}", file=sys.stderr)
-        return 2
-    except (CheckpointError, ValueError) as exc:  # a bad checkpoint, bad data, a non-finite result
+    except ModelNotFoundError as exc:  # no such model, file or package: a usage problem
+        raise UsageError(str(exc)) from None
+    except (CheckpointError, ModelError, ValueError) as exc:  # a bad checkpoint or model, a non-finite result
         print(f"blockfp8 audit: error: {exc}", file=sys.stderr)
         return 1
     finally:
         distributed.finish(dist)
     if command:
         report = report.with_run(command=command)
-    print(render_text(report, args.top))
-    if args.json:
-        print(f"wrote {atomic.write_json(args.json, report.to_dict())}")
+    out = human_stream(args)
+    print(render_text(report, args.top), file=out)
+    if args.json is not None:
+        wrote = write_json_output(args.json, report.to_dict())
+        if wrote:
+            print(f"wrote {wrote}", file=out)
     if args.report:
         for path in write_report_folder(report, args.report):
-            print(f"wrote {path}")
+            print(f"wrote {path}", file=out)
     if args.emit:
-        print(emit.emit(args.emit, report))
+        print(emit.emit(args.emit, report), file=out)
     return 1 if args.strict and not report.safe else 0

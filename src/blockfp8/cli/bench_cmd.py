@@ -10,6 +10,9 @@ commit) to a CSV under --out-dir; `gemm` also draws a PNG."""
 from __future__ import annotations
 
 import argparse
+import sys
+
+from blockfp8.cli.args import add_output_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-fmt", choices=("float32", "ue8m0"), default="float32")
     p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results/<gpu>)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_output_arguments(p, "gemm: the summary")
     p.add_argument("--models", default=None, help="model: comma list of qwen3-8b,qwen3-30b-a3b (default both); "
                    "moe: qwen3-30b-a3b,deepseek-v3 (default both)")
     p.add_argument("--modes", default=None, help="model: comma list of eager,compile,graph (default all); moe: "
@@ -34,15 +37,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import torch
 
     from blockfp8.bench import results, shapes
+    from blockfp8.cli.args import write_json_output
 
     if not torch.cuda.is_available():
-        print("blockfp8 bench: needs a CUDA GPU")
+        print("blockfp8 bench: error: needs a CUDA GPU", file=sys.stderr)
         return 1
     gpu = torch.cuda.get_device_name()
     out_dir = Path(args.out_dir or Path("benchmarks") / "results" / results.gpu_dirname(gpu))
@@ -108,9 +111,12 @@ def run(args: argparse.Namespace) -> int:
         results.append_csv(out_dir / "model.csv", rows, fields=model.FIELDS)
         return 0
     results.append_csv(out_dir / f"{args.what}.csv", rows)
-    if summary:
-        print(json.dumps(summary, indent=1) if args.json else
-              "\n".join(f"{v}: geomean {s['geomean']:.3f}x scaled_mm, decode (M<=64) {s['decode_geomean']:.3f}x, "
+    if summary and args.json is not None:
+        wrote = write_json_output(args.json, summary)
+        if wrote:
+            print(f"wrote {wrote}")
+    elif summary:
+        print("\n".join(f"{v}: geomean {s['geomean']:.3f}x scaled_mm, decode (M<=64) {s['decode_geomean']:.3f}x, "
                         f"M=4096 {s['m4096_geomean']:.3f}x, worst cell {s['min']:.3f}x ({s['cells']} cells)"
                         for v, s in summary.items()))
     return 0

@@ -2,8 +2,11 @@
 calibrated audit and a short end-to-end comparison on the embedded SmolLM2-135M (default) or any transformers
 model folder (--model), and/or the checkpoint level on an FP8 checkpoint (--checkpoint); prints the verdict with
 the numbers behind it and what blockfp8 would select on Hopper and on Blackwell; writes the report folder
-(report.json, report.md, bits_lost.png, scale_inflation.png). CPU is fine: SmolLM2 takes about two minutes on
-two cores. Exit 0 (1 with --strict when the verdict is unsafe; 1 on a bad checkpoint; 2 usage)."""
+(report.json, report.md, bits_lost.png, scale_inflation.png). --model takes what every model-reading command
+takes: an embedded model, a .gguf file, a float model folder, or a block-FP8 folder (what `blockfp8 quantize`
+writes; its dequantized weights are audited). CPU is fine (the README gives a measured time). Exit 0 (1 with
+--strict when the verdict is unsafe; 1 on a bad checkpoint or model file; 2 usage, also a path that does not
+exist)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import sys
 
 from blockfp8.cli.args import (
     add_model_arguments,
+    add_output_arguments,
     add_threshold_arguments,
     positive_int,
     resolve_device,
@@ -22,7 +26,9 @@ ARCHES = (("Hopper", "sm_90"), ("Blackwell", "sm_100"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="embedded model (smollm2, the default) or a transformers folder")
+    p.add_argument("--model", default=None,
+                   help="embedded model (smollm2, the default), a .gguf file, a transformers folder or a block-FP8 "
+                        "folder")
     p.add_argument("--checkpoint", metavar="PATH", help="also audit this FP8 (or bf16) safetensors checkpoint")
     p.add_argument("--calib", type=positive_int, default=16, metavar="N", help="calibration windows (default 16)")
     p.add_argument("--eval", type=positive_int, default=32, metavar="N", help="held-out windows (default 32)")
@@ -31,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="report folder (default ./reports/check; with --model too, the checkpoint's goes to "
                         "DIR/checkpoint)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a verdict is unsafe")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_output_arguments(p, "the report(s), keyed model / checkpoint")
     add_threshold_arguments(p)
 
 
@@ -51,41 +57,53 @@ def selection_lines(report: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from blockfp8 import atomic
     from blockfp8.audit import run as levels
     from blockfp8.audit.render import render_check_summary
     from blockfp8.audit.report import write_report_folder
+    from blockfp8.cli.args import UsageError, human_stream, write_json_output
     from blockfp8.formats.errors import CheckpointError
-    from blockfp8.models import ModelError, load_causal_lm
+    from blockfp8.models import ModelError, ModelNotFoundError, load_causal_lm
 
     atomic.check_target(args.out, folder=True)  # fail now, not after the audit
     thresholds = thresholds_from_args(args)
     device = resolve_device(args.device)
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = not args.quiet
     model_name = args.model or (None if args.checkpoint else "smollm2")
+    if args.checkpoint and not Path(args.checkpoint).exists():
+        raise UsageError(f"--checkpoint {args.checkpoint}: no such file or folder")
     command = "blockfp8 check " + " ".join(sys.argv[2:])
     reports = []
     try:
         if args.checkpoint:
             ck = levels.audit_checkpoint(args.checkpoint, thresholds=thresholds, device=device, measure_read=True,
                                          progress=progress)
-            reports.append((ck.with_run(command=command), f"{args.out}/checkpoint" if model_name else args.out))
+            reports.append(("checkpoint", ck.with_run(command=command),
+                            f"{args.out}/checkpoint" if model_name else args.out))
         if model_name:
             model, tokenizer = load_causal_lm(model_name, dtype=args.dtype, device=device)
             mr = levels.audit_model(model, tokenizer, model_name, calib=args.calib, seq_len=args.seq_len,
                                     eval_windows=args.eval, thresholds=thresholds, device=device,
                                     batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress)
-            reports.append((mr.with_run(command=command), args.out))
-    except ModelError as exc:
-        print(f"blockfp8 check: error: {exc}", file=sys.stderr)
-        return 2
-    except (CheckpointError, ValueError) as exc:
+            reports.append(("model", mr.with_run(command=command), args.out))
+    except ModelNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    except (CheckpointError, ModelError, ValueError) as exc:
         print(f"blockfp8 check: error: {exc}", file=sys.stderr)
         return 1
-    for report, folder in reports:
-        print(render_check_summary(report))
-        print("\n".join(selection_lines(report.to_dict())))
+    out = human_stream(args)
+    for _, report, folder in reports:
+        print(render_check_summary(report), file=out)
+        print("\n".join(selection_lines(report.to_dict())), file=out)
         for path in write_report_folder(report, folder):
-            print(f"wrote {path}")
-    unsafe = any(not r.safe for r, _ in reports)
+            print(f"wrote {path}", file=out)
+    if args.json is not None:
+        payload = {kind: {**report.to_dict(), "selection": selection_lines(report.to_dict())}
+                   for kind, report, _ in reports}
+        wrote = write_json_output(args.json, payload)
+        if wrote:
+            print(f"wrote {wrote}", file=out)
+    unsafe = any(not r.safe for _, r, _ in reports)
     return 1 if args.strict and unsafe else 0

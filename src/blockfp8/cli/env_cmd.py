@@ -6,15 +6,17 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--arch", help="pretend to be this SM capability (sm_90, sm_100a, ...); overrides BLOCKFP8_ARCH")
+    from blockfp8.cli.args import KNOWN_ARCHES, add_output_arguments, arch
+
+    add_output_arguments(p, "the versions and platform")
+    p.add_argument("--arch", type=arch, help=f"pretend to be this SM capability ({', '.join(KNOWN_ARCHES)}); "
+                                             "overrides BLOCKFP8_ARCH")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from blockfp8 import __version__, platform
     from blockfp8.backends.deepgemm import DeepGemmBackend
+    from blockfp8.cli.args import write_json_output
     from blockfp8.kernels import deepgemm
 
     plat = platform.detect(arch=args.arch)
@@ -22,8 +24,10 @@ def run(args: argparse.Namespace) -> int:
     dg_ok, dg_why = DeepGemmBackend().is_supported(plat)
     dg_info = {"usable": dg_ok, "reason": dg_why, "version": deepgemm.version()}
     info = {"blockfp8": __version__, **plat.as_dict(), "deep_gemm": dg_info}
-    if args.json:
-        print(json.dumps(info, indent=2))
+    if args.json is not None:
+        wrote = write_json_output(args.json, info)
+        if wrote:
+            print(f"wrote {wrote}")
         return 0
     print(f"blockfp8   {__version__}")
     print(f"python     {plat.python_version}")

@@ -16,13 +16,14 @@ DEFAULT_EXPERTS = 8
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from blockfp8.cli.args import MODEL_TYPE_HELP, add_config_arguments
+    from blockfp8.cli.args import KNOWN_ARCHES, MODEL_TYPE_HELP, add_config_arguments, add_output_arguments, arch
 
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model-type", help=MODEL_TYPE_HELP)
     source.add_argument("--checkpoint", metavar="PATH",
                         help="checkpoint directory (or its config.json): model type and quantization_config")
-    p.add_argument("--arch", help="plan for this SM capability (sm_90, sm_100a, ...); overrides BLOCKFP8_ARCH")
+    p.add_argument("--arch", type=arch, help=f"plan for this SM capability ({', '.join(KNOWN_ARCHES)}); overrides "
+                                             "BLOCKFP8_ARCH")
     add_config_arguments(p, model_type=False)
     p.add_argument("--moe", action="store_true",
                    help="the model has MoE layers (implied by a checkpoint with experts): their warnings count too")
@@ -32,14 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a `blockfp8 audit`/`check` report (report.json or its folder): its measured UE8M0 verdict "
                         "feeds the accuracy guard, outranking the known-bad list (model type from the report if none "
                         "is given)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_output_arguments(p, "the explanation")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from blockfp8 import envs, platform
     from blockfp8.backends.explain import explain, render_text
+    from blockfp8.cli.args import write_json_output
 
     envs.validate_all()  # a bad BLOCKFP8_* value is a usage error (exit 2) before anything else
     config, hf_config = _config(args)
@@ -48,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     plat = platform.detect(arch=args.arch)
     n, k, experts, has_moe = _layer(args, hf_config)
     explanation = explain(config, plat, n, k, moe=has_moe, num_experts=experts)
-    if args.json:
-        print(json.dumps(explanation.as_dict(), indent=2, default=str))
+    if args.json is not None:
+        wrote = write_json_output(args.json, explanation.as_dict())
+        if wrote:
+            print(f"wrote {wrote}")
     else:
         print(render_text(explanation))
     return 1 if explanation.failed else 0

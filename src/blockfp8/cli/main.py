@@ -2,9 +2,9 @@
 ``add_arguments(parser)`` and ``run(args) -> int`` and keeps heavy imports inside ``run``, so that
 ``blockfp8 --help`` imports neither torch's CUDA runtime nor Triton.
 
-Exit codes: 0 ok, 1 findings/failure (also a bad input file or a failed write), 2 usage (bad flag, bad
-environment variable, bad config), 130/143 interrupted by SIGINT/SIGTERM. Every error is one line on stderr:
-this module's handler turns an ``OSError`` into ``path: cause`` for every subcommand.
+Exit codes: 0 ok, 1 findings/failure (also a bad input file or a failed write), 2 usage (bad flag or value, a path
+that does not exist, bad environment variable, bad config), 130/143 interrupted by SIGINT/SIGTERM. Every error is
+one line on stderr: this module's handler turns an ``OSError`` into ``path: cause`` for every subcommand.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from blockfp8 import log
     from blockfp8.envs import EnvError, validate_all
     from blockfp8.paths import InputError  # also every CheckpointError
 
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"blockfp8 {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return code
 
+    log.set_quiet(getattr(args, "quiet", False))  # --quiet: no progress lines from any step
     with _sigterm_as_interrupt() as received:
         try:
             validate_all()  # every BLOCKFP8_* variable, once, whichever subcommand reads it

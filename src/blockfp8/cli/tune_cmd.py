@@ -5,6 +5,7 @@ over the DeepSeek-V3 grid or --nk/--m. Needs a CUDA GPU; writes into --out-dir (
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--out-dir", default=None, help="folder for triton_gemm.json and dispatch.json")
     p.add_argument("--workers", type=int, default=12, help="parallel compile processes")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from blockfp8.platform import detect
 
     if not torch.cuda.is_available():
-        print("blockfp8 tune: needs a CUDA GPU")
+        print("blockfp8 tune: error: needs a CUDA GPU", file=sys.stderr)
         return 1
     ms = tuple(int(v) for v in args.m.split(",")) if args.m else shapes.GEMM_MS
     nks = (tuple(tuple(int(x) for x in p.split("x")) for p in args.nk.split(",")) if args.nk

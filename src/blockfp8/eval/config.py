@@ -273,7 +273,7 @@ def _blockfp8(raw: Any, where: str, fail) -> dict[str, Any] | None:
 def _check_model(model: str, fail) -> None:
     from blockfp8.models import EMBEDDED
 
-    if model in EMBEDDED:
+    if model in EMBEDDED or (model.lower().endswith(".gguf") and Path(model).is_file()):
         return
     if (Path(model) / "config.json").is_file():
         from blockfp8.formats.errors import CheckpointError
@@ -286,7 +286,8 @@ def _check_model(model: str, fail) -> None:
         return
     if Path(model).is_dir():
         raise fail("model", f"{quote(model)} is a folder without config.json, not a model folder")
-    raise fail("model", f"unknown model {quote(model)}: neither an embedded model ({', '.join(EMBEDDED)}) nor a folder")
+    raise fail("model", f"unknown model {quote(model)}: neither an embedded model ({', '.join(EMBEDDED)}), a .gguf "
+                        "file nor a folder")
 
 
 def _string(value: Any, name: str, fail, allow_empty: bool = False) -> str:

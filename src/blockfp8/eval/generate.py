@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from blockfp8.log import progress
+
 
 @dataclass
 class Generation:
@@ -103,7 +105,7 @@ def score_continuations(
     lengths = [len(c) + len(t) for c, t in pairs]
     _sync(device)
     start = time.perf_counter()
-    for batch in _batches(lengths, batch_size):
+    for batch in progress(_batches(lengths, batch_size), "scoring", "batches"):
         rows = [list(pairs[i][0]) + list(pairs[i][1]) for i in batch]
         ids, mask, pos = _left_pad(rows, pad, device)
         keep = max(len(pairs[i][1]) for i in batch) + 1
@@ -153,7 +155,7 @@ def generate_greedy(
     out: list[Generation | None] = [None] * len(prompts)
     _sync(device)
     start = time.perf_counter()
-    for batch in _batches([len(e) for e in encoded], batch_size):
+    for batch in progress(_batches([len(e) for e in encoded], batch_size), "generating", "batches"):
         ids, mask, _ = _left_pad([encoded[i] for i in batch], pad, device)
         gen = model.generate(
             input_ids=ids,

@@ -27,16 +27,13 @@ def write_json(obj, path: str | Path) -> None:
     atomic.write_text(path, dumps(obj) + "\n")
 
 
-def write_samples(samples: dict[str, list[dict]], path: str | Path) -> None:
+def samples_text(samples: dict[str, list[dict]]) -> str:
     """One JSON line per generation / prediction, tagged with its variant."""
+    return "".join(json.dumps({"variant": variant, **row}) + "\n" for variant, rows in samples.items() for row in rows)
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for variant, rows in samples.items():
-                for row in rows:
-                    f.write(json.dumps({"variant": variant, **row}) + "\n")
 
-    atomic.write_with(path, write)
+def write_samples(samples: dict[str, list[dict]], path: str | Path) -> None:
+    atomic.write_text(path, samples_text(samples))
 
 
 def _pct(x: float) -> str:

@@ -234,10 +234,10 @@ def _write_folder(ckpt: SafetensorsCheckpoint, plan: dict[Path, list[tuple[str, 
                   extra: list[Path], block_size: tuple[int, int], scale_fmt: str, report: QuantizeCheckpointReport,
                   progress: bool) -> None:
     """Everything DST will hold, written into ``tmp``: the shards, the index, the copied files, config.json."""
-    from tqdm.auto import tqdm
+    from blockfp8.log import Progress
 
     weight_map: dict[str, str] = {}
-    with tqdm(total=report.bytes_in, unit="B", unit_scale=True, desc="quantize", disable=not progress) as bar:
+    with Progress("quantizing", report.bytes_in, "MiB", enabled=progress, scale=2**20) as bar:
         for f, rows in plan.items():
             names = _write_shard(ckpt, f, tmp / f.name, rows, block_size, scale_fmt, bar.update)
             weight_map.update({n: f.name for n in names})

@@ -16,6 +16,7 @@ their experts module is replaced by :class:`BlockFP8Experts`, whose forward has 
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from blockfp8.config import BlockFP8Config
-from blockfp8.formats import matches_any
+from blockfp8.formats import fp8_quant_config_dict, matches_any
 from blockfp8.log import get_logger
 from blockfp8.nn.linear import BlockFP8Linear, runtime_platform
 from blockfp8.nn.moe import BlockFP8Experts, is_fused_experts
@@ -195,4 +196,27 @@ def quantize_model(
         count_decisions(report, new)
     if not report.converted and not report.converted_experts:
         _log.warning("quantize_model converted nothing: %s", report.summary())
+    else:
+        _describe_for_saving(model, config, fmt, report)
     return report
+
+
+def _describe_for_saving(model: nn.Module, config: BlockFP8Config, fmt: str, report: QuantizeReport) -> None:
+    """Make transformers' ``model.save_pretrained`` write a checkpoint that says what it holds: the HF ``fp8``
+    ``quantization_config`` (block size, scale format, both skip lists), as ``blockfp8 quantize`` writes it.
+    Without it the FP8 weights would be read back as plain floats and the model would silently produce garbage.
+    Fused MoE experts are held in a layout that is not the per-expert one on disk, so saving such a model is
+    refused (``blockfp8 quantize`` writes it)."""
+    hf_config = getattr(model, "config", None)
+    if hf_config is None or not hasattr(model, "save_pretrained"):
+        return
+    if report.converted_experts:
+        model.save_pretrained = functools.partial(_refuse_save, report.converted_experts[0])
+        return
+    hf_config.quantization_config = fp8_quant_config_dict(config.weight_block_size, fmt, report.skipped)
+
+
+def _refuse_save(experts: str, *args, **kwargs) -> None:
+    raise ValueError(f"save_pretrained after quantize_model: {experts} holds fused FP8 experts, which this model "
+                     "cannot write in the per-expert checkpoint layout; quantize the bf16 folder with `blockfp8 "
+                     "quantize SRC DST` instead")
