@@ -6,7 +6,8 @@ verdict (safe / unsafe for UE8M0) backed by the numbers. Three levels, each usab
   blockfp8 audit --model M --weights-only     weights of a transformers model quantized both ways
   blockfp8 audit --model M --calib N [--e2e]  calibrated: each linear layer's GEMM output SNR on N windows of real
                                               text; --e2e adds KL / top-1 / perplexity on held-out text with
-                                              bootstrap intervals
+                                              bootstrap intervals, a per-layer scale-format plan and the
+                                              predicted task-level effect the verdict follows
 
 `torchrun --nproc-per-node N -m blockfp8 audit PATH` splits a checkpoint's tensors across ranks and writes one
 report. The calibrated and end-to-end levels simulate FP8 GEMMs with blockfp8.quant.reference (the numerics our
@@ -21,8 +22,10 @@ import sys
 from blockfp8.cli.args import (
     UsageError,
     add_model_arguments,
+    add_plan_arguments,
     add_threshold_arguments,
     block_size,
+    plan_from_args,
     positive_int,
     resolve_device,
     thresholds_from_args,
@@ -54,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 when the verdict is unsafe")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_threshold_arguments(p)
+    add_plan_arguments(p)
 
 
 def _check_combination(args: argparse.Namespace) -> None:
@@ -76,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check_combination(args)
     thresholds = thresholds_from_args(args)
+    plan, verdict = plan_from_args(args)
     device = resolve_device(args.device)
     progress = not args.no_progress and sys.stderr.isatty()
     command = "blockfp8 audit " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["audit"] else None
@@ -99,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
                 report = levels.audit_model(
                     model, tokenizer, args.model, calib=calib, seq_len=args.seq_len,
                     eval_windows=(args.eval or 2 * calib) if args.e2e else 0, block=block, thresholds=thresholds,
-                    device=device, batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress)
+                    device=device, batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress,
+                    plan=plan, plan_windows=args.plan_windows, verdict=verdict)
     except ModelError as exc:  # the model cannot be found or loaded: a usage problem
         print(f"blockfp8 audit: error: {exc}", file=sys.stderr)
         return 2

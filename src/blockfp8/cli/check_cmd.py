@@ -12,7 +12,9 @@ import sys
 
 from blockfp8.cli.args import (
     add_model_arguments,
+    add_plan_arguments,
     add_threshold_arguments,
+    plan_from_args,
     positive_int,
     resolve_device,
     thresholds_from_args,
@@ -33,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 when a verdict is unsafe")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_threshold_arguments(p)
+    add_plan_arguments(p)
 
 
 def selection_lines(report: dict) -> list[str]:
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from blockfp8.models import ModelError, load_causal_lm
 
     thresholds = thresholds_from_args(args)
+    plan, verdict = plan_from_args(args)
     device = resolve_device(args.device)
     progress = not args.no_progress and sys.stderr.isatty()
     model_name = args.model or (None if args.checkpoint else "smollm2")
@@ -72,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
             model, tokenizer = load_causal_lm(model_name, dtype=args.dtype, device=device)
             mr = levels.audit_model(model, tokenizer, model_name, calib=args.calib, seq_len=args.seq_len,
                                     eval_windows=args.eval, thresholds=thresholds, device=device,
-                                    batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress)
+                                    batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress,
+                                    plan=plan, plan_windows=args.plan_windows, verdict=verdict)
             reports.append((mr.with_run(command=command), args.out))
     except ModelError as exc:
         print(f"blockfp8 check: error: {exc}", file=sys.stderr)
