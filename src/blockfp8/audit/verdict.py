@@ -183,22 +183,26 @@ def evidence(report: AuditReport | Mapping[str, Any], source: str | None = None)
 
 
 def load_verdict(path: str | Path) -> AuditVerdict:
-    """The guard's input from an audit report JSON (a report folder's report.json, or the folder itself): the model
-    verdict and, when the report has a plan, the layers it keeps on float32 scales and those it lets run UE8M0."""
+    """The guard's input from an audit report JSON (a report folder's report.json, or the folder itself)."""
     from blockfp8.audit.report import REPORT_JSON, AuditReport
 
     path = Path(path)
     if path.is_dir():
         path = path / REPORT_JSON
-    report = AuditReport.load(path)
+    return verdict_of(AuditReport.load(path), str(path))
+
+
+def verdict_of(report: AuditReport, source: str | None = None) -> AuditVerdict:
+    """The model verdict and, when the report has a plan, the layers it keeps on float32 scales and those it lets
+    run UE8M0 (``source``: the file, named in the evidence and in errors)."""
     plan = report.plan
     if plan is None:
-        return AuditVerdict(ue8m0_ok=report.safe, evidence=evidence(report, str(path)), model_type=report.model_type)
+        return AuditVerdict(ue8m0_ok=report.safe, evidence=evidence(report, source), model_type=report.model_type)
     float32 = frozenset(plan["float32_layers"])
     unknown = float32 - {r["name"] for r in report.layers}
     if unknown:
-        raise VerdictError(f"{path}: field plan.float32_layers names layers the report does not have: "
-                           f"{', '.join(sorted(unknown)[:3])}")
-    return AuditVerdict(ue8m0_ok=report.safe, evidence=evidence(report, str(path)), model_type=report.model_type,
+        raise VerdictError(f"{source or 'audit report'}: field plan.float32_layers names layers the report does not "
+                           f"have: {', '.join(sorted(unknown)[:3])}")
+    return AuditVerdict(ue8m0_ok=report.safe, evidence=evidence(report, source), model_type=report.model_type,
                         float32_layers=float32,
                         ue8m0_layers=frozenset(r["name"] for r in report.layers) - float32)

@@ -50,7 +50,25 @@ def selection_lines(report: dict) -> list[str]:
     audit = AuditVerdict(ue8m0_ok=s["verdict"] == "safe", evidence=evidence(report),
                          model_type=report.get("model_type"))
     selections = selection_for_verdict(n, k, tuple(report["block_size"]), audit, arches=ARCHES)
-    return render_selection(s["worst_layer"], n, k, selections)
+    return render_selection(s["worst_layer"], n, k, selections) + plan_selection_lines(report)
+
+
+def plan_selection_lines(report: dict) -> list[str]:
+    """With a per-layer plan: what each audited layer gets on a Blackwell plan (DeepGEMM where installed)."""
+    from blockfp8.audit.report import AuditReport
+    from blockfp8.audit.verdict import verdict_of
+    from blockfp8.backends.explain import layer_choices, render_layer_choices
+    from blockfp8.config import BlockFP8Config
+    from blockfp8.platform import detect
+
+    if not report.get("plan"):
+        return []
+    audit = verdict_of(AuditReport.from_dict(report))
+    config = BlockFP8Config(model_type=audit.model_type, audit=audit, weight_block_size=tuple(report["block_size"]))
+    plat = detect(arch="sm_100")
+    choices = layer_choices([(r["name"], *r["shape"]) for r in report["layers"]], config, plat)
+    return ["with the per-layer plan on Blackwell sm_100 (the guard's answer decides where DeepGEMM is installed):",
+            *render_layer_choices(choices)]
 
 
 def run(args: argparse.Namespace) -> int:
