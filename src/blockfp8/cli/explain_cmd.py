@@ -95,7 +95,8 @@ def _with_audit(config: BlockFP8Config, report: str) -> tuple[BlockFP8Config, li
         audited = AuditReport.load(path)
     except VerdictError as exc:
         raise UsageError(f"--audit: {exc}") from None
-    layers = [] if audited.level == "checkpoint" else [(r["name"], *r["shape"]) for r in audited.layers]
+    layers = [] if audited.level == "checkpoint" else [(r["name"], *r["shape"]) for r in audited.layers
+                                                        if "shape" in r]
     return replace(config, audit=verdict, model_type=config.model_type or verdict.model_type), layers
 
 

@@ -11,7 +11,6 @@ refused. Exit codes: 0 done, 1 bad checkpoint (nothing written), 2 usage.
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
 from blockfp8.cli.args import block_size

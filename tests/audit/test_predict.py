@@ -1,0 +1,74 @@
+"""The task-level prediction and its calibrated rule (audit.predict): ratios fitted through the origin, intervals
+that widen with the calibration's noise, a loss boundary between harmless and harmful points, named errors."""
+
+import json
+import math
+
+import pytest
+
+from blockfp8.audit import predict
+
+
+def point(audit_acc, task_acc, p, *, audit_ppl=1.0, task_ppl=2.0, items=1000, discordant=100, task="lambada"):
+    return {"model": "m", "task": task, "items": items, "pair": ["ue8m0", "fp32"],
+            "audit": {"acc_change_pp": audit_acc, "ppl_increase_pct": audit_ppl},
+            "task_delta": {"acc_change_pp": task_acc, "mcnemar_p": p, "discordant": discordant,
+                           "ppl_increase_pct": task_ppl, "ppl_increase_ci": [task_ppl - 1, task_ppl + 1]}}
+
+
+def test_ratio_noise_and_boundary():
+    points = [point(-0.2, -0.4, 0.5), point(-0.3, -0.6, 0.3), point(-0.5, -1.0, 0.01)]
+    cal = predict.calibrate(points, "lambada")
+    assert cal.acc_ratio == pytest.approx(2.0) and cal.ppl_ratio == pytest.approx(2.0)
+    # residuals are 0: the sd is the task's paired noise sqrt(100) / 1000 items = 1 pp, and the ppl interval's
+    assert cal.acc_sd == pytest.approx(1.0) and cal.ppl_sd == pytest.approx(1 / predict.Z95)
+    assert cal.loss_boundary_pp == pytest.approx((0.6 + 1.0) / 2) and cal.separable
+    delta = {"acc_change": -0.0045, "acc_change_ci": [-0.006, -0.002], "ppl_increase": 0.01,
+             "ppl_increase_ci": [0.005, 0.015]}
+    p = predict.predict(delta, cal)
+    assert p["acc_change_pp"]["value"] == pytest.approx(-0.9) and p["unsafe"]
+    lo, hi = p["acc_change_pp"]["interval"]
+    assert lo == pytest.approx(-1.2 - predict.Z95) and hi == pytest.approx(-0.4 + predict.Z95)
+    assert not predict.predict({**delta, "acc_change": -0.003}, cal)["unsafe"]  # 0.6 pp < 0.8 pp boundary
+
+
+def test_boundary_without_harmful_points_and_not_separable():
+    cal = predict.calibrate([point(-0.2, -0.4, 0.5), point(-0.4, -0.8, 0.2)], "lambada")
+    assert cal.loss_boundary_pp > 0.8 and cal.separable
+    mixed = [point(-0.2, -0.4, 0.01), point(-0.3, -0.6, 0.5), point(-0.5, -1.0, 0.01)]
+    cal = predict.calibrate(mixed, "lambada")
+    assert not cal.separable and cal.loss_boundary_pp == pytest.approx(0.8)  # one error either way: the larger cut
+
+
+def test_points_without_perplexity_and_other_tasks():
+    gsm = point(-0.2, -0.3, 0.6, task="gsm8k")
+    del gsm["task_delta"]["ppl_increase_pct"], gsm["task_delta"]["ppl_increase_ci"]
+    points = predict.check_points([gsm, point(-0.2, -0.4, 0.5)], "x")
+    assert predict.calibrate(points, "gsm8k").ppl_ratio == 0.0
+    with pytest.raises(predict.CalibrationError, match="no calibration points for task 'mmlu'"):
+        predict.calibrate(points, "mmlu")
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda d: d.update(schema="x"), "field schema"),
+    (lambda d: d.update(points=[]), "points must be a non-empty list"),
+    (lambda d: d["points"][0].pop("items"), r"points\[0\].items is missing"),
+    (lambda d: d["points"][0]["audit"].update(acc_change_pp=math.inf), r"points\[0\].audit.acc_change_pp"),
+    (lambda d: d["points"][0]["task_delta"].update(ppl_increase_ci=[1]), "ppl_increase_ci must be"),
+])
+def test_bad_calibration_files_are_named(tmp_path, mutate, match):
+    data = {"schema": predict.CALIBRATION_SCHEMA, "points": [point(-0.2, -0.4, 0.5)]}
+    mutate(data)
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(predict.CalibrationError, match=match) as err:
+        predict.calibration_for("lambada", path)
+    assert str(path) in str(err.value)
+    with pytest.raises(predict.CalibrationError, match="cannot read"):
+        predict.load_points(tmp_path / "missing.json")
+
+
+def test_the_shipped_calibration_loads():
+    cal, source = predict.calibration_for("lambada")
+    assert source.endswith(predict.CALIBRATION_DATA) and cal.points >= 3 and cal.acc_ratio > 0
+    assert "smollm2" in cal.models and cal.loss_boundary_pp > 0
