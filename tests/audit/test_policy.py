@@ -140,3 +140,16 @@ def test_plan_naming_unknown_layers_is_refused(tmp_path):
     open(path, "w").write(json.dumps(data))
     with pytest.raises(ValueError, match="plan.float32_layers names layers the report does not have"):
         load_verdict(path)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_emit_says_a_plan_cannot_be_expressed(tmp_path, engine):
+    from blockfp8.audit import emit
+    from blockfp8.audit.report import AuditReport
+
+    unsafe = AuditReport.load(_plan_report(tmp_path, safe=False))
+    text = emit.emit(engine, unsafe)
+    assert f"cannot be expressed in {engine}" in text and "its UE8M0 layers lose the fast kernel" in text
+    assert ("VLLM_USE_DEEP_GEMM=0" if engine == "vllm" else "SGLANG_ENABLE_JIT_DEEPGEMM=0") in text
+    safe = emit.emit(engine, AuditReport.load(_plan_report(tmp_path, safe=True)))
+    assert "its 1 float32 layers lose their protection" in safe and "nothing to set" in safe

@@ -72,3 +72,10 @@ def test_the_shipped_calibration_loads():
     cal, source = predict.calibration_for("lambada")
     assert source.endswith(predict.CALIBRATION_DATA) and cal.points >= 3 and cal.acc_ratio > 0
     assert "smollm2" in cal.models and cal.loss_boundary_pp > 0
+
+
+def test_leave_one_out_predicts_each_point_from_the_others():
+    points = [point(-0.2, -0.4, 0.5), point(-0.3, -0.6, 0.3), point(-0.5, -1.0, 0.01), point(-0.1, -5.0, 0.01)]
+    rows = predict.leave_one_out(points, "lambada")
+    assert len(rows) == 4 and all(r["ppl_covered"] for r in rows)
+    assert rows[0]["acc_covered"] and not rows[3]["acc_covered"]  # -5 pp is far outside a ratio-2 prediction

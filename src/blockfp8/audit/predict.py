@@ -205,3 +205,22 @@ def prediction_section(e2e: Mapping[str, Any], cal: TaskCalibration, source: str
         if key.endswith("_vs_fp32"):
             out[key[: -len("_vs_fp32")]] = predict(value, cal)
     return out
+
+
+def leave_one_out(points: Sequence[Mapping[str, Any]], task: str) -> list[dict]:
+    """Each point predicted from a calibration on the others (the audit's point value, no bootstrap interval):
+    whether its measured task accuracy and perplexity deltas fall inside the predicted intervals."""
+    mine = [p for p in points if p["task"] == task]
+    out = []
+    for i, p in enumerate(mine):
+        cal = calibrate(mine[:i] + mine[i + 1:], task)
+        a, q = p["audit"]["acc_change_pp"], p["audit"]["ppl_increase_pct"]
+        acc = _interval(cal.acc_ratio, a, a, cal.acc_sd)
+        row = {"pair": p["pair"], "acc_interval": acc, "acc": p["task_delta"]["acc_change_pp"]}
+        row["acc_covered"] = acc[0] <= row["acc"] <= acc[1]
+        if p["task_delta"].get("ppl_increase_pct") is not None:
+            ppl = _interval(cal.ppl_ratio, q, q, cal.ppl_sd)
+            row.update(ppl_interval=ppl, ppl=p["task_delta"]["ppl_increase_pct"],
+                       ppl_covered=ppl[0] <= p["task_delta"]["ppl_increase_pct"] <= ppl[1])
+        out.append(row)
+    return out

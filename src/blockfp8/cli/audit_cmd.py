@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("path", nargs="?", help="checkpoint: a safetensors file or a model folder (FP8 or bf16)")
     what.add_argument("--model", help="embedded model name (smollm2) or a transformers model folder")
+    what.add_argument("--rejudge", metavar="REPORT",
+                      help="judge an existing report.json again (thresholds, --verdict-calibration); measures nothing")
     p.add_argument("--weights-only", action="store_true", help="with --model: audit the weights alone")
     p.add_argument("--calib", type=positive_int, metavar="N",
                    help=f"with --model: N calibration windows (default {DEFAULT_CALIB})")
@@ -61,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check_combination(args: argparse.Namespace) -> None:
+    if args.rejudge:
+        return
     if bool(args.path) == bool(args.model):
         raise UsageError("give either a checkpoint PATH or --model NAME_OR_PATH")
     if args.path and (args.weights_only or args.calib or args.e2e):
@@ -86,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     command = "blockfp8 audit " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["audit"] else None
     dist = None
     try:
-        if args.path:
+        if args.rejudge:
+            report = _rejudge(args, thresholds, verdict)
+        elif args.path:
             dist = distributed.init(device)
             report = levels.audit_checkpoint(
                 args.path, block=args.block, thresholds=thresholds, device=device, measure_read=args.measure_read,
@@ -109,13 +115,13 @@ def run(args: argparse.Namespace) -> int:
     except ModelError as exc:  # the model cannot be found or loaded: a usage problem
         print(f"blockfp8 audit: error: {exc}", file=sys.stderr)
         return 2
-    except (CheckpointError, ValueError) as exc:  # a bad checkpoint, bad data, a non-finite result
+    except (CheckpointError, ValueError) as exc:  # a bad checkpoint or report, bad data, a non-finite result
         print(f"blockfp8 audit: error: {exc}", file=sys.stderr)
         return 1
     finally:
         distributed.finish(dist)
-    if command:
-        report = report.with_run(command=command)
+    if command:  # a re-judged report keeps the command that measured it
+        report = report.with_run(**{"rejudged_by" if args.rejudge else "command": command})
     print(render_text(report, args.top))
     if args.json:
         print(f"wrote {atomic.write_json(args.json, report.to_dict())}")
@@ -125,3 +131,13 @@ def run(args: argparse.Namespace) -> int:
     if args.emit:
         print(emit.emit(args.emit, report))
     return 1 if args.strict and not report.safe else 0
+
+
+def _rejudge(args: argparse.Namespace, thresholds, verdict: dict):
+    """The report at ``--rejudge`` judged again: the thresholds given on this command line (else the report's own)
+    and the task-level calibration."""
+    from blockfp8.audit.report import AuditReport, rejudge
+    from blockfp8.cli.args import given_thresholds
+
+    report = AuditReport.load(args.rejudge)
+    return rejudge(report, thresholds if given_thresholds(args) else None, **verdict)

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from blockfp8 import atomic
-    from blockfp8.audit.predict import calibrate, load_points
+    from blockfp8.audit.predict import calibrate, leave_one_out, load_points
     from blockfp8.eval.calibration import SCHEMA, calibration_points
 
     audit = Path(args.audit)
@@ -61,4 +61,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {c.task}: task accuracy change = {c.acc_ratio:.3f} x audit next-token accuracy change "
               f"(sd {c.acc_sd:.2f} pp); perplexity {c.ppl_ratio:.3f} x (sd {c.ppl_sd:.2f}%); unsafe above a "
               f"predicted loss of {c.loss_boundary_pp:.2f} pp{'' if c.separable else ' (points not separable)'}")
+        if c.points >= 3:
+            for row in leave_one_out(points, c.task):
+                ppl = (f"; perplexity {row['ppl']:+.2f}% in [{row['ppl_interval'][0]:+.2f}, "
+                       f"{row['ppl_interval'][1]:+.2f}]: {'covered' if row['ppl_covered'] else 'MISSED'}"
+                       if "ppl" in row else "")
+                print(f"    leave-one-out {row['pair'][0]} vs {row['pair'][1]}: accuracy {row['acc']:+.2f} pp in "
+                      f"[{row['acc_interval'][0]:+.2f}, {row['acc_interval'][1]:+.2f}]: "
+                      f"{'covered' if row['acc_covered'] else 'MISSED'}{ppl}")
     return 0
