@@ -173,11 +173,16 @@ def audit_model(
 
 
 def _choose_plan(model, rows, ids, block, batch, tolerance, progress) -> tuple[list[str], list[dict], int]:
-    from blockfp8.audit import e2e, scale_plan
+    from blockfp8.audit import e2e, scale_plan, sensitivity
 
+    scores = None
+    if tolerance.rank == "fisher":
+        scores = sensitivity.fisher_sensitivity(model, ids, block, batch_size=max(1, batch // 2))
+        for r in rows:
+            r["ue8m0_sensitivity"] = scores[r["name"]]
     sim = e2e.FP8Simulator(model, block)
     selection = scale_plan.SelectionSet(model, ids, sim, batch)
-    float32_layers, steps = scale_plan.choose(rows, selection, tolerance)
+    float32_layers, steps = scale_plan.choose(rows, selection, tolerance, scores)
     if progress:
         print(f"plan: {len(float32_layers)} layers on float32 scales after {len(steps)} measured plans",
               file=sys.stderr)
@@ -193,6 +198,7 @@ def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, th
     rows, hists = calibrated.audit_calibrated(model, cw.ids, block, batch_size=batch,
                                               progress=_progress(progress, "calibrating", "batch"))
     t_calib = time.perf_counter() - t0
+    layer_rows = [r.as_dict() for r in rows]
     e2e_result = plan_result = None
     timings = {"calibrated_s": round(t_calib, 3)}
     if eval_windows > 0:
@@ -200,7 +206,6 @@ def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, th
         plans = {}
         if plan is not None:
             t1 = time.perf_counter()
-            layer_rows = [r.as_dict() for r in rows]
             f32, steps, sel_tokens = _choose_plan(model, layer_rows, cw.ids[:plan_windows], block,
                                                   max(1, batch // 2), plan, progress)
             plans[scale_plan.PLAN] = f32
@@ -220,7 +225,7 @@ def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, th
         model_type=model_type_of(model),
         level="calibrated+e2e" if e2e_result else "calibrated",
         block_size=block,
-        rows=[r.as_dict() for r in rows],
+        rows=layer_rows,
         thresholds=thresholds,
         histograms=hists,
         calibration={"samples": calib, "seq_len": seq_len, "tokens": cw.tokens, "source": cw.source,

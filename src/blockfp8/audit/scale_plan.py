@@ -1,9 +1,11 @@
 """The per-layer scale-format plan: the fewest layers to keep on float32 scales so that every other layer may run
 a UE8M0 kernel (DeepGEMM on Blackwell) at a stated end-to-end cost.
 
-Greedy by measured bits lost: the calibrated level ranks the layers by bits lost, worst first, and the plan keeps
-the ``k`` worst on float32 scales, ``k`` the smallest for which the plan's KL divergence to the unquantized model
-exceeds all-float32's by at most ``kl_share`` of what all-UE8M0 adds. ``k`` is found by bisection on selection
+Greedy over a ranking of the layers, worst first: by default their Fisher-weighted UE8M0 output error
+(``audit.sensitivity``: how much each layer's error moves the loss), or their calibrated bits lost (``rank="bits"``,
+a layer's own SNR loss, which over-ranks layers whose error matters little downstream). The plan keeps the ``k``
+worst on float32 scales, ``k`` the smallest for which the plan's KL divergence to the unquantized model exceeds
+all-float32's by at most ``kl_share`` of what all-UE8M0 adds. ``k`` is found by bisection on selection
 windows, each step one simulated forward pass with that plan (``e2e.FP8Simulator``). The selection windows are the
 head of the calibration text, never the held-out text: the chosen plan is then measured on the held-out windows
 beside all-float32 and all-UE8M0 (``e2e.measure`` with the plan as a variant), with bootstrap intervals, and
@@ -22,6 +24,7 @@ import torch
 from blockfp8.audit.e2e import FP8Simulator, log_probs, window_sums
 
 PLAN = "plan"  # the plan's variant name in the e2e section
+RANKINGS = ("fisher", "bits")
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,14 @@ class PlanTolerance:
     """How much of all-UE8M0's end-to-end loss a plan may keep."""
 
     kl_share: float = 0.2  # plan KL excess over all-float32 <= this share of all-UE8M0's excess
+    rank: str = "fisher"  # the order layers are kept on float32 scales in: "fisher" | "bits"
 
     def __post_init__(self) -> None:
         if isinstance(self.kl_share, bool) or not isinstance(self.kl_share, (int, float)) \
                 or not 0.0 <= self.kl_share <= 1.0:
             raise ValueError(f"plan tolerance kl_share={self.kl_share!r} must be a number in [0, 1]")
+        if self.rank not in RANKINGS:
+            raise ValueError(f"plan ranking {self.rank!r} is not valid; valid values: {', '.join(RANKINGS)}")
 
 
 class SelectionSet:
@@ -69,20 +75,22 @@ class SelectionSet:
             return self._kl()
 
 
-def rank_layers(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Layer names, most bits lost first (module order breaks ties)."""
-    order = sorted(range(len(rows)), key=lambda i: (-float(rows[i]["bits_lost"]), i))
+def rank_layers(rows: Sequence[Mapping[str, Any]], scores: Mapping[str, float] | None = None) -> list[str]:
+    """Layer names, highest ``scores`` (a layer's sensitivity) first, or most bits lost first without scores;
+    module order breaks ties."""
+    key = (lambda r: float(scores[r["name"]])) if scores is not None else (lambda r: float(r["bits_lost"]))
+    order = sorted(range(len(rows)), key=lambda i: (-key(rows[i]), i))
     return [rows[i]["name"] for i in order]
 
 
-def choose(rows: Sequence[Mapping[str, Any]], selection: SelectionSet, tolerance: PlanTolerance
-           ) -> tuple[list[str], list[dict]]:
+def choose(rows: Sequence[Mapping[str, Any]], selection: SelectionSet, tolerance: PlanTolerance,
+           scores: Mapping[str, float] | None = None) -> tuple[list[str], list[dict]]:
     """The float32 layers of the plan and every step of the search (layers kept, KL, share of UE8M0's excess).
 
     Bisection keeps the invariant share(lo) > kl_share >= share(hi) on measured values (share(all) = 0: every
     layer on float32 scales is all-float32), so the answer was measured within tolerance and one layer fewer was
     measured outside it, even where the curve is not monotone."""
-    ranked = rank_layers(rows)
+    ranked = rank_layers(rows, scores)
     kl32, kl8 = selection.kl_fp32, selection.kl_ue8m0
     excess = kl8 - kl32
     steps = [{"float32_layers": 0, "kl": kl8, "share": 1.0 if excess > 0 else 0.0},
@@ -135,9 +143,9 @@ def plan_section(rows: Sequence[Mapping[str, Any]], float32_layers: Sequence[str
     if not math.isfinite(share):
         raise ValueError("plan: the KL share of all-UE8M0's increase is not finite")
     return {
-        "method": "greedy by bits lost: the k layers that lose most keep float32 scales, k the smallest whose KL "
-                  "excess over all-float32 is within the tolerance on the selection windows (bisection); "
-                  "verified on the held-out windows",
+        "method": f"greedy by {'Fisher-weighted output error' if tolerance.rank == 'fisher' else 'bits lost'}: "
+                  "the k worst layers keep float32 scales, k the smallest whose KL excess over all-float32 is within "
+                  "the tolerance on the selection windows (bisection); verified on the held-out windows",
         "tolerance": asdict(tolerance),
         "float32_layers": list(float32_layers),
         "ue8m0_layers": len(rows) - len(float32_layers),

@@ -289,8 +289,10 @@ def _guard_warning(kind: str, model_type: str | None, platform: Platform, verdic
                    cap: _Capability) -> str:
     knob = f"{_DEEP_GEMM_ENV[kind]}=1 or {'moe_' if kind == 'moe' else ''}use_deep_gemm=True"
     known = "measured by the audit" if verdict.source == "audit" else "known"
+    which = "the layers the audit plan keeps on float32 scales" if verdict.reason.startswith("audit plan") \
+        else f"{kind} layers"
     return (
-        f"DeepGEMM auto-disabled for {kind} layers of model_type={model_type} on {platform.arch}: its kernel there "
+        f"DeepGEMM auto-disabled for {which} of model_type={model_type} on {platform.arch}: its kernel there "
         f"takes only UE8M0 (power-of-two) scales, {known} to lose accuracy for this model ({verdict.evidence}). "
         f"Selected {chosen} with {cap.scale_fmt} scales instead. Set {knob} to force DeepGEMM."
     )

@@ -142,6 +142,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--plan-tolerance", type=float, default=PlanTolerance().kl_share, metavar="S",
                        help="the plan may keep this share of all-UE8M0's KL increase over all-float32 (default "
                             f"{PlanTolerance().kl_share:g})")
+    group.add_argument("--plan-rank", choices=("fisher", "bits"), default="fisher",
+                       help="order layers go to float32 scales in: fisher = Fisher-weighted UE8M0 output error "
+                            "(default), bits = calibrated bits lost")
     group.add_argument("--plan-windows", type=positive_int, default=16, metavar="N",
                        help="calibration windows the plan is chosen on (default 16)")
     group.add_argument("--verdict-calibration", metavar="FILE",
@@ -154,7 +157,7 @@ def plan_from_args(args: argparse.Namespace):
     from blockfp8.audit.scale_plan import PlanTolerance
 
     try:
-        plan = None if args.no_plan else PlanTolerance(args.plan_tolerance)
+        plan = None if args.no_plan else PlanTolerance(args.plan_tolerance, args.plan_rank)
     except ValueError as exc:
         raise UsageError(f"--plan-tolerance: {exc}") from None
     verdict = {"given_thresholds": given_thresholds(args), "verdict_calibration": args.verdict_calibration,
