@@ -100,3 +100,32 @@ def test_report_carries_the_plan_contract(tiny_llama, tmp_path):
     assert plan["within_tolerance"] == (plan["e2e"]["kl_share_of_ue8m0"] <= 0.2)
     assert "plan" in data["summary"]["prediction"] and "ue8m0" in data["summary"]["prediction"]
     assert "plan_s" in data["run"]
+
+
+def test_fisher_sensitivity_equals_the_direct_computation(tiny_llama, ids):
+    from blockfp8.audit import sensitivity
+    from blockfp8.quant import reference as ref
+
+    scores = sensitivity.fisher_sensitivity(tiny_llama, ids, batch_size=4)
+    assert all(p.grad is None and p.requires_grad for p in tiny_llama.parameters())  # frozen only meanwhile
+    assert len(scores) == 14 and all(torch.isfinite(torch.tensor(v)) for v in scores.values())
+    layer = tiny_llama.model.layers[1].self_attn.k_proj
+    seen = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        seen.update(x=inputs[0].detach(), y=output)
+
+    h = layer.register_forward_hook(keep)
+    emb = tiny_llama.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = tiny_llama(inputs_embeds=emb).logits.float()
+    torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 96), ids[:, 1:].reshape(-1), reduction="sum").backward()
+    h.remove()
+    x, g = seen["x"].reshape(-1, 256), seen["y"].grad.reshape(-1, layer.out_features)
+    want = 0.0
+    for f, sign in (("ue8m0", 1), ("float32", -1)):
+        d = ref.gemm_reference(*ref.quantize_act(x, 128, f), *ref.quantize_weight(layer.weight, (128, 128), f),
+                               out_dtype=torch.float32) - x @ layer.weight.t()
+        want += sign * float(((g * d).sum(-1).double() ** 2).sum())
+    assert scores["model.layers.1.self_attn.k_proj"] == pytest.approx(want, rel=1e-6)
+    tiny_llama.zero_grad(set_to_none=True)

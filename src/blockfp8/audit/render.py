@@ -47,6 +47,13 @@ def verdict_lines(report: AuditReport) -> list[str]:
     return [head, *(f"  - {r}" for r in s.reasons)]
 
 
+_VARIANT_LABELS = (("fp32", "FP8 float32 scales"), ("ue8m0", "FP8 UE8M0 scales "), ("plan", "FP8 per-layer plan"))
+
+
+def _acc(d: dict, v: str) -> str:
+    return f"  next-token accuracy {d[f'acc_{v}']:.4f}" if f"acc_{v}" in d else ""
+
+
 def _ci(d: dict, unit: str, fmt: str = "+.2f") -> str:
     return f"{format(d['value'], fmt)}{unit} [{format(d['ci'][0], fmt)}, {format(d['ci'][1], fmt)}]"
 
@@ -97,11 +104,14 @@ def render_text(report: AuditReport, top: int = 0) -> str:
     if e2e:
         out.append(f"end to end ({e2e['windows']} x {e2e['seq_len']} held-out tokens, 95% bootstrap intervals):")
         b = e2e["base"]
-        out.append(f"  unquantized        perplexity {b['ppl_base']:.3f}")
-        for v, label in (("fp32", "FP8 float32 scales"), ("ue8m0", "FP8 UE8M0 scales ")):
+        out.append(f"  unquantized        perplexity {b['ppl_base']:.3f}" + _acc(b, "base"))
+        for v, label in _VARIANT_LABELS:
+            if v not in e2e:
+                continue
             d = e2e[v]
             out.append(f"  {label} perplexity {d[f'ppl_{v}']:.3f}  KL {d[f'kl_{v}']:.4f} "
-                       f"[{d[f'kl_{v}_ci'][0]:.4f}, {d[f'kl_{v}_ci'][1]:.4f}]  top-1 {d[f'top1_{v}']:.4f}")
+                       f"[{d[f'kl_{v}_ci'][0]:.4f}, {d[f'kl_{v}_ci'][1]:.4f}]  top-1 {d[f'top1_{v}']:.4f}"
+                       + _acc(d, v))
         d = e2e["ue8m0_vs_fp32"]
         out.append(f"  UE8M0 vs float32: perplexity {100 * d['ppl_increase']:+.2f}% "
                    f"[{100 * d['ppl_increase_ci'][0]:+.2f}, {100 * d['ppl_increase_ci'][1]:+.2f}], KL "
@@ -156,6 +166,10 @@ def render_check_summary(report: AuditReport) -> str:
                 f"({100 * d['kl_increase']:+.1f}% [{100 * d['kl_increase_ci'][0]:+.1f}, "
                 f"{100 * d['kl_increase_ci'][1]:+.1f}]); top-1 agreement {f['top1_fp32']:.4f} vs "
                 f"{u['top1_ue8m0']:.4f}"]
+        if "acc_fp32" in f:
+            out.append(f"  next-token accuracy: unquantized {b['acc_base']:.4f}, FP8/float32 {f['acc_fp32']:.4f}, "
+                       f"FP8/UE8M0 {u['acc_ue8m0']:.4f}" + (f", plan {e2e['plan']['acc_plan']:.4f}"
+                                                             if "plan" in e2e else ""))
     return "\n".join(out + plan_lines(report) + verdict_lines(report))
 
 

@@ -56,6 +56,9 @@ def fisher_sensitivity(model: torch.nn.Module, ids: torch.Tensor, block: Sequenc
     handles = [m.register_forward_hook(layers[n].hook) for n, m in named]
     embed = model.get_input_embeddings()
     device = next(model.parameters()).device
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:  # gradients flow to the activations only: no weight .grad is written
+        p.requires_grad_(False)
     try:
         for i in range(0, ids.shape[0], batch_size):
             x = ids[i : i + batch_size].to(device)
@@ -69,4 +72,6 @@ def fisher_sensitivity(model: torch.nn.Module, ids: torch.Tensor, block: Sequenc
     finally:
         for h in handles:
             h.remove()
+        for p in frozen:
+            p.requires_grad_(True)
     return {n: layer.score["ue8m0"] - layer.score["float32"] for n, layer in layers.items()}
