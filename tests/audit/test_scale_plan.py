@@ -119,7 +119,8 @@ def test_fisher_sensitivity_equals_the_direct_computation(tiny_llama, ids):
     h = layer.register_forward_hook(keep)
     emb = tiny_llama.get_input_embeddings()(ids).detach().requires_grad_(True)
     logits = tiny_llama(inputs_embeds=emb).logits.float()
-    torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 96), ids[:, 1:].reshape(-1), reduction="sum").backward()
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 96), ids[:, 1:].reshape(-1), reduction="sum")
+    loss.backward()
     h.remove()
     x, g = seen["x"].reshape(-1, 256), seen["y"].grad.reshape(-1, layer.out_features)
     want = 0.0
