@@ -174,19 +174,21 @@ class ArchSelection:
 
 
 def selection_for_verdict(n: int, k: int, block_size: tuple[int, int], audit: AuditVerdict,
-                          arches: tuple[tuple[str, str], ...] = PLAN_ARCHES) -> list[ArchSelection]:
-    """For an ``N x K`` dense layer of the audited model (``audit.model_type``), the policy's pick and its
-    accuracy guard's answer on each ``(label, arch)`` plan, with ``audit`` as the measured verdict."""
+                          arches: tuple[tuple[str, str], ...] = PLAN_ARCHES, layer: str | None = None
+                          ) -> list[ArchSelection]:
+    """For an ``N x K`` dense layer (module ``layer``, for a verdict with a per-layer plan) of the audited model
+    (``audit.model_type``), the policy's pick and its accuracy guard's answer on each ``(label, arch)`` plan, with
+    ``audit`` as the measured verdict."""
     config = BlockFP8Config(model_type=audit.model_type, audit=audit, weight_block_size=tuple(block_size))
     out = []
     for label, arch in arches:
         plat = detect(arch=arch)
         try:
-            d = resolve(GemmProblem(n, k, tuple(block_size)), config, plat)
+            d = resolve(GemmProblem(n, k, tuple(block_size)), config, plat, layer=layer)
             pick = f"{d.backend} with {d.weight_scale_fmt} weight / {d.act_scale_fmt} activation scales"
         except (BackendUnavailableError, NoBackendError) as exc:
             pick = f"nothing runs here ({str(exc).splitlines()[0]})"
-        g = guard_verdict(config.model_type, plat, audit)
+        g = guard_verdict(config.model_type, plat, audit, layer)
         if g.source == "audit":
             guard = ("DeepGEMM kept off where installed (its kernel takes only UE8M0 here)" if g.blocks_deep_gemm
                      else "DeepGEMM allowed with UE8M0 scales")

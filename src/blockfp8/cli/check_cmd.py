@@ -40,16 +40,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def selection_lines(report: dict) -> list[str]:
     """What the policy picks for this model's worst layer on a Hopper and a Blackwell plan, fed the verdict."""
-    from blockfp8.audit.verdict import evidence
+    from blockfp8.audit.report import AuditReport
+    from blockfp8.audit.verdict import verdict_of
     from blockfp8.backends.explain import render_selection, selection_for_verdict
-    from blockfp8.config import AuditVerdict
 
     s = report["summary"]
     worst = next(r for r in report["layers"] if r["name"] == s["worst_layer"])
     n, k = worst["shape"]
-    audit = AuditVerdict(ue8m0_ok=s["verdict"] == "safe", evidence=evidence(report),
-                         model_type=report.get("model_type"))
-    selections = selection_for_verdict(n, k, tuple(report["block_size"]), audit, arches=ARCHES)
+    audit = verdict_of(AuditReport.from_dict(report))
+    selections = selection_for_verdict(n, k, tuple(report["block_size"]), audit, arches=ARCHES,
+                                       layer=s["worst_layer"])
     return render_selection(s["worst_layer"], n, k, selections) + plan_selection_lines(report)
 
 
