@@ -65,6 +65,12 @@ def test_search_keeps_the_worst_layers_within_tolerance(tiny_llama, ids):
     assert scale_plan.choose(rows, selection, scale_plan.PlanTolerance(1.0))[0] == []
     all_f32 = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.0))[0]
     assert len(all_f32) >= len(f32)
+    # a FLOP floor caps the plan: best effort when the tolerance cannot be met above it
+    floor = scale_plan.ue8m0_flop_share(rows, set(f32[:1])) + 1e-9
+    capped, steps = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.0, min_ue8m0_flop_share=floor))
+    assert capped == [] and scale_plan.ue8m0_flop_share(rows, set(capped)) >= floor
+    loose = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.2, min_ue8m0_flop_share=0.0))[0]
+    assert loose == f32
 
 
 def test_flop_share_weighs_shape_and_tokens():
@@ -77,6 +83,10 @@ def test_flop_share_weighs_shape_and_tokens():
 def test_bad_tolerance_is_named(bad):
     with pytest.raises(ValueError, match="kl_share"):
         scale_plan.PlanTolerance(bad)
+    with pytest.raises(ValueError, match="min_ue8m0_flop_share"):
+        scale_plan.PlanTolerance(0.2, min_ue8m0_flop_share=bad)
+    with pytest.raises(ValueError, match="ranking 'x'"):
+        scale_plan.PlanTolerance(0.2, rank="x")
 
 
 def test_report_carries_the_plan_contract(tiny_llama, tmp_path):

@@ -33,8 +33,14 @@ class PlanTolerance:
 
     kl_share: float = 0.2  # plan KL excess over all-float32 <= this share of all-UE8M0's excess
     rank: str = "fisher"  # the order layers are kept on float32 scales in: "fisher" | "bits"
+    # A floor on the GEMM FLOPs left on UE8M0: the plan never keeps more layers on float32 scales than this allows,
+    # even when the KL tolerance then cannot be met (``within_tolerance`` says so). 0 = no floor.
+    min_ue8m0_flop_share: float = 0.0
 
     def __post_init__(self) -> None:
+        f = self.min_ue8m0_flop_share
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
+            raise ValueError(f"plan min_ue8m0_flop_share={f!r} must be a number in [0, 1]")
         if isinstance(self.kl_share, bool) or not isinstance(self.kl_share, (int, float)) \
                 or not 0.0 <= self.kl_share <= 1.0:
             raise ValueError(f"plan tolerance kl_share={self.kl_share!r} must be a number in [0, 1]")
@@ -89,7 +95,8 @@ def choose(rows: Sequence[Mapping[str, Any]], selection: SelectionSet, tolerance
 
     Bisection keeps the invariant share(lo) > kl_share >= share(hi) on measured values (share(all) = 0: every
     layer on float32 scales is all-float32), so the answer was measured within tolerance and one layer fewer was
-    measured outside it, even where the curve is not monotone."""
+    measured outside it, even where the curve is not monotone. With a FLOP floor the search stops at the longest
+    prefix the floor allows; if that is still outside the tolerance, it is the plan (the best the floor permits)."""
     ranked = rank_layers(rows, scores)
     kl32, kl8 = selection.kl_fp32, selection.kl_ue8m0
     excess = kl8 - kl32
@@ -97,7 +104,12 @@ def choose(rows: Sequence[Mapping[str, Any]], selection: SelectionSet, tolerance
              {"float32_layers": len(ranked), "kl": kl32, "share": 0.0}]
     if excess <= 0 or tolerance.kl_share >= 1.0:  # UE8M0 adds nothing measurable: nothing to keep
         return [], steps
-    lo, hi = 0, len(ranked)
+    lo, hi = 0, _longest_prefix(rows, ranked, tolerance.min_ue8m0_flop_share)
+    if hi < len(ranked):
+        kl = selection.kl(ranked[:hi])
+        steps.append({"float32_layers": hi, "kl": kl, "share": (kl - kl32) / excess})
+        if steps[-1]["share"] > tolerance.kl_share:
+            return ranked[:hi], sorted(steps, key=lambda s: s["float32_layers"])
     while hi - lo > 1:
         mid = (lo + hi) // 2
         kl = selection.kl(ranked[:mid])
@@ -108,6 +120,17 @@ def choose(rows: Sequence[Mapping[str, Any]], selection: SelectionSet, tolerance
         else:
             lo = mid
     return ranked[:hi], sorted(steps, key=lambda s: s["float32_layers"])
+
+
+def _longest_prefix(rows: Sequence[Mapping[str, Any]], ranked: Sequence[str], floor: float) -> int:
+    """How many leading layers of ``ranked`` may go to float32 scales with at least ``floor`` of the FLOPs on UE8M0."""
+    by_name = {r["name"]: flops_of(r) for r in rows}
+    total, kept = sum(by_name.values()), 0.0
+    for k, name in enumerate(ranked):
+        kept += by_name[name]
+        if total > 0 and 1.0 - kept / total < floor - 1e-12:
+            return k
+    return len(ranked)
 
 
 def flops_of(row: Mapping[str, Any]) -> float:

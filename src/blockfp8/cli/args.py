@@ -145,6 +145,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--plan-rank", choices=("fisher", "bits"), default="fisher",
                        help="order layers go to float32 scales in: fisher = Fisher-weighted UE8M0 output error "
                             "(default), bits = calibrated bits lost")
+    group.add_argument("--plan-min-flops", type=float, default=0.0, metavar="S",
+                       help="keep at least this share of the GEMM FLOPs on UE8M0, even past the tolerance (default 0)")
     group.add_argument("--plan-windows", type=positive_int, default=16, metavar="N",
                        help="calibration windows the plan is chosen on (default 16)")
     group.add_argument("--verdict-calibration", metavar="FILE",
@@ -157,9 +159,9 @@ def plan_from_args(args: argparse.Namespace):
     from blockfp8.audit.scale_plan import PlanTolerance
 
     try:
-        plan = None if args.no_plan else PlanTolerance(args.plan_tolerance, args.plan_rank)
+        plan = None if args.no_plan else PlanTolerance(args.plan_tolerance, args.plan_rank, args.plan_min_flops)
     except ValueError as exc:
-        raise UsageError(f"--plan-tolerance: {exc}") from None
+        raise UsageError(f"--plan-tolerance / --plan-min-flops: {exc}") from None
     verdict = {"given_thresholds": given_thresholds(args), "verdict_calibration": args.verdict_calibration,
                "task": args.task}
     return plan, verdict
