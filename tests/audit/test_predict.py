@@ -79,3 +79,52 @@ def test_leave_one_out_predicts_each_point_from_the_others():
     rows = predict.leave_one_out(points, "lambada")
     assert len(rows) == 4 and all(r["ppl_covered"] for r in rows)
     assert rows[0]["acc_covered"] and not rows[3]["acc_covered"]  # -5 pp is far outside a ratio-2 prediction
+
+
+def _e2e(acc_drop: float):
+    import numpy as np
+
+    from blockfp8.audit import e2e
+
+    n, L = 8, 11
+    rng = np.random.default_rng(0)
+    nll = rng.uniform(30, 40, n)
+    hit = np.full(n, 4.0)
+    sums = {"nll_base": nll, "hit_base": hit}
+    for v, extra, h in (("fp32", 0.2, 0.0), ("ue8m0", 0.6, acc_drop)):
+        sums.update({f"nll_{v}": nll + extra, f"kl_{v}": np.full(n, 0.3 + extra), f"agree_{v}": np.full(n, 9.0),
+                     f"hit_{v}": hit - h})
+    return e2e.summarize(sums, seq_len=L, n_boot=200)
+
+
+def _cal_file(tmp_path, boundary_points):
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"schema": predict.CALIBRATION_SCHEMA, "points": boundary_points}))
+    return path
+
+
+def test_the_verdict_follows_the_prediction_and_given_thresholds(tmp_path):
+    from blockfp8.audit.report import build_report
+    from blockfp8.audit.verdict import Thresholds
+
+    cal = _cal_file(tmp_path, [point(-0.2, -0.4, 0.5), point(-1.0, -2.0, 0.01)])  # ratio 2, boundary 1.2 pp
+    rows = [{"name": "a", "bits_fp32": 5.0, "bits_ue8m0": 4.0, "bits_lost": 1.0}]  # every old threshold crossed
+
+    def judge(acc_drop, **kw):
+        return build_report(model="m", level="calibrated+e2e", block_size=(128, 128), rows=rows,
+                            thresholds=kw.pop("thresholds", Thresholds()), e2e=_e2e(acc_drop),
+                            verdict_calibration=cal, **kw)
+
+    small = judge(0.0)  # no accuracy change: safe, whatever the bits say
+    assert small.safe and "predicted lambada effect of UE8M0" in small.summary.reasons[0]
+    p = small.summary.prediction
+    assert p["ue8m0"]["acc_change_pp"]["value"] == 0.0 and p["calibration"]["source"] == str(cal)
+    big = judge(0.1)  # 0.1 of 10 targets per window lost = -1 pp next-token accuracy -> predicted -2 pp
+    assert not big.safe and big.summary.prediction["ue8m0"]["acc_change_pp"]["value"] == pytest.approx(-2.0)
+    assert "> calibrated loss boundary 1.20 pp" in big.summary.reasons[0]
+    flagged = judge(0.0, given_thresholds=["mean_bits_lost"])  # the user's flag still applies
+    assert not flagged.safe and flagged.summary.reasons == ("mean bits lost per layer 1.000 > 0.1",)
+    custom = judge(0.0, thresholds=Thresholds(mean_bits_lost=0.5))  # library: a non-default value counts as given
+    assert not custom.safe
+    no_e2e = build_report(model="m", level="calibrated", block_size=(128, 128), rows=rows, thresholds=Thresholds())
+    assert not no_e2e.safe and no_e2e.summary.prediction is None  # without e2e the thresholds decide

@@ -135,8 +135,8 @@ def test_fisher_sensitivity_equals_the_direct_computation(tiny_llama, ids):
     x, g = seen["x"].reshape(-1, 256), seen["y"].grad.reshape(-1, layer.out_features)
     want = 0.0
     for f, sign in (("ue8m0", 1), ("float32", -1)):
-        d = ref.gemm_reference(*ref.quantize_act(x, 128, f), *ref.quantize_weight(layer.weight, (128, 128), f),
-                               out_dtype=torch.float32) - x @ layer.weight.t()
+        d = ref.gemm_reference(*ref.quantize_act(x, 128, f), *ref.quantize_weight(layer.weight.detach(), (128, 128), f),
+                               out_dtype=torch.float32) - x @ layer.weight.detach().t()
         want += sign * float(((g * d).sum(-1).double() ** 2).sum())
     assert scores["model.layers.1.self_attn.k_proj"] == pytest.approx(want, rel=1e-6)
     tiny_llama.zero_grad(set_to_none=True)
