@@ -30,12 +30,15 @@ def _results(n=200):
 
 
 def test_variants_map_to_audit_variants():
-    assert [audit_variant(s) for s in (None, {}, {"scale_fmt": "ue8m0"}, {"plan": "x"})] == \
+    plan = {"plan": "x", "plan_float32_layers": ["a", "b"]}
+    assert [audit_variant(s, ["b", "a"]) for s in (None, {}, {"scale_fmt": "ue8m0"}, plan)] == \
         ["base", "fp32", "ue8m0", "plan"]
+    assert audit_variant(plan, ["a"]) is None and audit_variant(plan) is None  # another plan: not paired
 
 
 def test_points_pair_what_both_files_hold():
-    points = calibration_points({"model": "m", "e2e": _e2e()}, _results(), "r.json", "e.json")
+    points = calibration_points({"model": "m", "e2e": _e2e(), "plan": {"float32_layers": []}}, _results(), "r.json",
+                                "e.json")
     pairs = {tuple(p["pair"]): p for p in points}
     assert set(pairs) == {("fp32", "base"), ("ue8m0", "base"), ("plan", "base"), ("ue8m0", "fp32"), ("plan", "fp32")}
     p = pairs[("ue8m0", "fp32")]
@@ -47,7 +50,7 @@ def test_points_pair_what_both_files_hold():
 
 
 def test_cli_writes_appends_and_feeds_the_verdict(tmp_path, capsys):
-    (tmp_path / "r.json").write_text(json.dumps({"model": "m", "e2e": _e2e()}))
+    (tmp_path / "r.json").write_text(json.dumps({"model": "m", "e2e": _e2e(), "plan": {"float32_layers": []}}))
     (tmp_path / "e.json").write_text(json.dumps(_results()))
     out = tmp_path / "cal.json"
     argv = ["calibrate", "--audit", str(tmp_path / "r.json"), "--eval", str(tmp_path / "e.json"), "-o", str(out)]
@@ -59,7 +62,8 @@ def test_cli_writes_appends_and_feeds_the_verdict(tmp_path, capsys):
 
 @pytest.mark.parametrize("report, match", [
     ({"model": "m"}, "field e2e is missing"),
-    ({"model": "m", "e2e": {**_e2e(), "plan": {"ppl_plan": 1.0}}}, "e2e.plan.acc_plan is missing"),
+    ({"model": "m", "e2e": {**_e2e(), "plan": {"ppl_plan": 1.0}}, "plan": {"float32_layers": []}},
+     "e2e.plan.acc_plan is missing"),
 ])
 def test_bad_inputs_exit_1_naming_the_field(tmp_path, capsys, report, match):
     (tmp_path / "r.json").write_text(json.dumps(report))

@@ -9,7 +9,7 @@ docs/audit.md ("Re-calibrating the verdict").
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from blockfp8.eval import stats
@@ -23,12 +23,14 @@ class CalibrationInputError(ValueError):
     """An audit report or eval result that cannot be paired; the message names the file and the field."""
 
 
-def audit_variant(settings: Mapping[str, Any] | None) -> str:
-    """The e2e variant an eval variant corresponds to: base (unquantized), fp32, ue8m0 or plan."""
+def audit_variant(settings: Mapping[str, Any] | None, plan_layers: Collection[str] | None = None) -> str | None:
+    """The e2e variant an eval variant corresponds to: base (unquantized), fp32, ue8m0, plan (only when its float32
+    layers are the audit plan's, ``plan_layers``), or None (another plan: nothing to pair with)."""
     if settings is None:
         return "base"
     if settings.get("plan"):
-        return "plan"
+        same = plan_layers is not None and set(settings.get("plan_float32_layers", ())) == set(plan_layers)
+        return "plan" if same else None
     return "ue8m0" if settings.get("scale_fmt") == "ue8m0" else "fp32"
 
 
@@ -50,7 +52,8 @@ def calibration_points(report: Mapping[str, Any], results: Mapping[str, Any], re
     variants = results.get("variants")
     if not isinstance(variants, dict) or not variants:
         raise CalibrationInputError(f"{results_source}: field variants is missing: not `blockfp8 eval --json` output")
-    by_audit = {audit_variant(v.get("blockfp8")): name for name, v in variants.items()}
+    plan_layers = (report.get("plan") or {}).get("float32_layers")
+    by_audit = {audit_variant(v.get("blockfp8"), plan_layers): name for name, v in variants.items()}
     task, items = results["config"]["task"], results["config"]["num_questions"]
     points = []
     for v, ref in PAIRS:
