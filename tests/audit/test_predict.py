@@ -128,3 +128,33 @@ def test_the_verdict_follows_the_prediction_and_given_thresholds(tmp_path):
     assert not custom.safe
     no_e2e = build_report(model="m", level="calibrated", block_size=(128, 128), rows=rows, thresholds=Thresholds())
     assert not no_e2e.safe and no_e2e.summary.prediction is None  # without e2e the thresholds decide
+
+
+def test_rejudge_cli_uses_another_calibration_and_keeps_the_command(tmp_path, capsys):
+    from blockfp8.audit.report import AuditReport, build_report, write_report_folder
+    from blockfp8.audit.verdict import Thresholds
+    from blockfp8.cli.main import main
+
+    rows = [{"name": "a", "bits_fp32": 5.0, "bits_ue8m0": 4.9, "bits_lost": 0.1, "act_bits_lost": 0.1,
+             "weight_bits_lost": 0.0, "act_crest": 3.0, "act_outlier_channels": 0, "act_group_dominance": 0.1}]
+    lenient = _cal_file(tmp_path, [point(-0.2, -0.4, 0.5), point(-1.0, -2.0, 0.01)])
+    report = build_report(model="m", level="calibrated+e2e", block_size=(128, 128), rows=rows,
+                          thresholds=Thresholds(), e2e=_e2e(0.1), verdict_calibration=lenient,
+                          run={"command": "blockfp8 audit --model m --e2e"})
+    write_report_folder(report, tmp_path / "rep")
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps({"schema": predict.CALIBRATION_SCHEMA,
+                                  "points": [point(-0.05, -0.1, 0.5), point(-0.2, -0.4, 0.01)]}))
+    assert not report.safe
+    argv = ["audit", "--rejudge", str(tmp_path / "rep" / "report.json"), "--json", str(tmp_path / "out.json")]
+    assert main([*argv, "--verdict-calibration", str(lenient), "--task", "lambada"]) == 0
+    again = AuditReport.load(tmp_path / "out.json")
+    assert again.to_dict()["summary"] == report.to_dict()["summary"]  # same measurements, same calibration
+    assert again.run["command"] == "blockfp8 audit --model m --e2e"
+    assert main([*argv, "--verdict-calibration", str(tmp_path / "missing.json")]) == 1
+    assert "missing.json: cannot read" in capsys.readouterr().err
+    assert main([*argv, "--verdict-calibration", str(lenient), "--task", "gsm8k"]) == 1
+    assert "no calibration points for task 'gsm8k'" in capsys.readouterr().err
+    assert main([*argv, "--mean-bits-lost", "0.05", "--verdict-calibration", str(strict)]) == 0
+    flagged = AuditReport.load(tmp_path / "out.json")
+    assert any("mean bits lost per layer 0.100 > 0.05" in r for r in flagged.summary.reasons)
