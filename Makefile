@@ -27,7 +27,7 @@ $(VENV)/.stamp: pyproject.toml
 install: $(VENV)/.stamp
 
 demo: $(VENV)/.stamp
-	$(BIN)/blockfp8 check
+	$(BIN)/blockfp8 check --no-plan
 
 lint: $(VENV)/.stamp
 	$(BIN)/ruff check .

@@ -36,12 +36,32 @@ class AuditVerdict:
     ue8m0_ok: bool
     evidence: str
     model_type: str | None = None  # the model it was measured on; None = whatever model the config is for
+    # A per-layer plan (the audit's ``plan``): layers kept on float32 scales, layers allowed UE8M0 kernels. A
+    # layer named in neither (not audited) follows ``ue8m0_ok``.
+    float32_layers: frozenset[str] = frozenset()
+    ue8m0_layers: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        for name in ("float32_layers", "ue8m0_layers"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(x, str) for x in value):
+                raise ConfigError(f"audit.{name} must be a set of module names")
+            object.__setattr__(self, name, frozenset(value))
+        if self.float32_layers & self.ue8m0_layers:
+            both = sorted(self.float32_layers & self.ue8m0_layers)
+            raise ConfigError(f"audit plan names {both[0]} in both float32_layers and ue8m0_layers")
         if not isinstance(self.ue8m0_ok, bool):
             raise ConfigError(f"audit.ue8m0_ok={self.ue8m0_ok!r} must be True or False")
         if not isinstance(self.evidence, str) or not self.evidence.strip():
             raise ConfigError("audit.evidence must say what was measured (a non-empty string)")
+
+    def layer_ue8m0_ok(self, layer: str | None) -> tuple[bool, str]:
+        """Whether UE8M0 is acceptable for ``layer`` and where that answer comes from ("plan" or "model")."""
+        if layer in self.float32_layers:
+            return False, "plan"
+        if layer in self.ue8m0_layers:
+            return True, "plan"
+        return self.ue8m0_ok, "model"
 
 
 @dataclass(frozen=True)

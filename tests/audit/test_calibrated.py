@@ -104,10 +104,11 @@ def test_e2e_bootstrap_is_paired_and_finite():
 
 def test_e2e_measure_on_the_model(tiny_llama, ids):
     sums = e2e.measure(tiny_llama, ids, batch_size=3)
-    want = ["nll_base", *(f"{k}_{v}" for k in ("nll", "kl", "agree") for v in ("fp32", "ue8m0"))]
+    want = ["nll_base", "hit_base", *(f"{k}_{v}" for k in ("nll", "kl", "agree", "hit") for v in ("fp32", "ue8m0"))]
     assert sorted(sums) == sorted(want)
     assert all(len(v) == ids.shape[0] for v in sums.values())
     assert (sums["kl_fp32"] > 0).all() and (sums["agree_fp32"] <= ids.shape[1]).all()
+    assert (sums["hit_fp32"] <= ids.shape[1] - 1).all()
 
 
 def test_audit_model_report(tiny_llama, monkeypatch):

@@ -25,3 +25,6 @@ def test_check_on_smollm2_small_sample(tmp_path, capsys):
     # the massive activations of SmolLM2's down projections: their layers lose the most
     assert ".mlp.down_proj" in s["worst_layer"] and s["max_bits_lost"] > 0.5
     assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "bits_lost.png", "scale_inflation.png"}
+    # the per-layer plan and the task-level prediction come with every check
+    assert "per-layer plan:" in text and "per layer (210 audited dense layers):" in text
+    assert 0 < report["plan"]["ue8m0_flop_share"] <= 1 and "ue8m0" in s["prediction"]

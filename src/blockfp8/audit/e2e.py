@@ -1,4 +1,5 @@
-"""End-to-end level: the model's next-token distribution unquantized vs FP8 with float32 vs UE8M0 scales.
+"""End-to-end level: the model's next-token distribution unquantized vs FP8 with float32 vs UE8M0 scales, and
+vs any mixed per-layer plan (UE8M0 everywhere except the layers a plan keeps on float32 scales).
 
 Every ``nn.Linear`` except ``lm_head`` has its forward replaced, for the duration of one pass, by
 ``gemm_reference(quantize_act(x, f), quantize_weight(W, f)) + bias`` from ``blockfp8.quant.reference`` (weights
@@ -6,15 +7,16 @@ quantized once per format; activations per call, 1x128 groups, float32 accumulat
 That is the numerics of our FP8 kernels, simulated: the audit runs anywhere and never imports a GPU backend.
 
 On held-out windows it measures, per token, the KL divergence from the unquantized model's distribution, top-1
-agreement with it and the next-token negative log-likelihood; sums per window feed a paired bootstrap over windows
-(the same resampled windows for every variant) for 95% intervals of each mean and of the UE8M0-vs-float32 deltas.
+agreement with it, next-token accuracy (argmax = the text's next token) and the next-token negative
+log-likelihood; sums per window feed a paired bootstrap over windows (the same resampled windows for every
+variant) for 95% intervals of each mean and of every variant's deltas against FP8 with float32 scales.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,16 +40,28 @@ class FP8Simulator:
             for f in ref.SCALE_FMTS
         }
 
+    def active(self, scale_fmt: str) -> contextlib.AbstractContextManager[None]:
+        """Every layer on ``scale_fmt`` scales (weights and activations)."""
+        return self._swapped([scale_fmt] * len(self.modules))
+
+    def active_plan(self, float32_layers: Collection[str]) -> contextlib.AbstractContextManager[None]:
+        """A mixed plan: float32 scales for the layers named in ``float32_layers``, UE8M0 scales for the rest."""
+        unknown = set(float32_layers) - {n for n, _ in self.modules}
+        if unknown:
+            raise ValueError(f"plan names layers the model does not have: {', '.join(sorted(unknown)[:3])}")
+        return self._swapped(["float32" if n in float32_layers else "ue8m0" for n, _ in self.modules])
+
     @contextlib.contextmanager
-    def active(self, scale_fmt: str) -> Iterator[None]:
+    def _swapped(self, formats: Sequence[str]) -> Iterator[None]:
         saved = []
         bk = self.block[1]
         try:
-            for (_, m), (wq, ws) in zip(self.modules, self.weights[scale_fmt], strict=True):
+            for i, ((_, m), f) in enumerate(zip(self.modules, formats, strict=True)):
+                wq, ws = self.weights[f][i]
                 saved.append((m, m.__dict__.get("forward")))
 
-                def forward(x, m=m, wq=wq, ws=ws):
-                    xq, xs = ref.quantize_act(x, bk, scale_fmt)
+                def forward(x, m=m, wq=wq, ws=ws, f=f):
+                    xq, xs = ref.quantize_act(x, bk, f)
                     return ref.gemm_reference(xq, xs, wq, ws, self.block, out_dtype=x.dtype, bias=m.bias)
 
                 m.forward = forward
@@ -60,11 +74,19 @@ class FP8Simulator:
                     m.forward = previous
 
 
-def _window_sums(lp_base: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+def log_probs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)
+
+
+def window_sums(lp_base: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-window sums of KL to the unquantized model, top-1 agreement with it (seq_len positions), and
+    next-token NLL and accuracy (seq_len - 1 targets)."""
     kl = (lp_base.exp() * (lp_base - lp)).sum(-1)  # [B, L]
-    agree = (lp.argmax(-1) == lp_base.argmax(-1)).to(torch.float64)
+    top1 = lp.argmax(-1)
+    agree = (top1 == lp_base.argmax(-1)).to(torch.float64)
     nll = -lp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
-    return {"kl": kl.double().sum(1), "agree": agree.sum(1), "nll": nll.double().sum(1)}
+    hit = (top1[:, :-1] == ids[:, 1:]).to(torch.float64)
+    return {"kl": kl.double().sum(1), "agree": agree.sum(1), "nll": nll.double().sum(1), "hit": hit.sum(1)}
 
 
 @torch.no_grad()
@@ -75,30 +97,44 @@ def measure(
     *,
     batch_size: int = 4,
     skip: Sequence[str] = UNQUANTIZED_LINEARS,
+    plans: Mapping[str, Collection[str]] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-window sums for every variant: ``nll_<v>`` (over seq_len-1 targets), ``kl_<v>`` and ``agree_<v>``
-    (over seq_len positions) for v in fp32/ue8m0, and ``nll_base``."""
+    """Per-window sums for every variant: ``nll_<v>`` and ``hit_<v>`` (over seq_len-1 targets), ``kl_<v>`` and
+    ``agree_<v>`` (over seq_len positions) for v in fp32, ue8m0 and each of ``plans`` (name -> the layers it keeps
+    on float32 scales); ``nll_base`` and ``hit_base`` for the unquantized model."""
     sim = FP8Simulator(model, block, skip)
+    plans = dict(plans or {})
+    for name in plans:
+        if name in VARIANTS:
+            raise ValueError(f"plan name {name!r} is taken by a built-in variant ({', '.join(VARIANTS)})")
+    contexts = {v: (lambda v=v: sim.active(_FMT[v])) for v in _FMT}
+    contexts.update({name: (lambda layers=layers: sim.active_plan(layers)) for name, layers in plans.items()})
     device = next(model.parameters()).device
     sums: dict[str, list[torch.Tensor]] = {}
     batches = range(0, ids.shape[0], batch_size)
     for i in progress(batches) if progress else batches:
         x = ids[i : i + batch_size].to(device)
-        lp_base = torch.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)
-        nll = -lp_base[:, :-1].gather(-1, x[:, 1:, None]).squeeze(-1)
-        sums.setdefault("nll_base", []).append(nll.double().sum(1).cpu())
-        for v in ("fp32", "ue8m0"):
-            with sim.active(_FMT[v]):
-                lp = torch.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)
-            for key, val in _window_sums(lp_base, lp, x).items():
+        lp_base = log_probs(model, x)
+        for key, val in window_sums(lp_base, lp_base, x).items():
+            if key in ("nll", "hit"):
+                sums.setdefault(f"{key}_base", []).append(val.cpu())
+        for v, context in contexts.items():
+            with context():
+                lp = log_probs(model, x)
+            for key, val in window_sums(lp_base, lp, x).items():
                 sums.setdefault(f"{key}_{v}", []).append(val.cpu())
             del lp
         del lp_base
     return {k: torch.cat(v).numpy() for k, v in sums.items()}
 
 
-def _stats(s: dict[str, np.ndarray], idx: np.ndarray, n_pos: int) -> dict[str, np.ndarray]:
+def variants_of(sums: Mapping[str, np.ndarray]) -> list[str]:
+    """The FP8 variants measured in ``sums``: fp32, ue8m0, then the plans in the order measured."""
+    return [k[len("kl_"):] for k in sums if k.startswith("kl_")]
+
+
+def _stats(s: Mapping[str, np.ndarray], idx: np.ndarray, n_pos: int) -> dict[str, np.ndarray]:
     """Means over the windows ``idx`` (rows: bootstrap resamples)."""
     def tot(key):
         return s[key][idx].sum(-1)
@@ -106,29 +142,41 @@ def _stats(s: dict[str, np.ndarray], idx: np.ndarray, n_pos: int) -> dict[str, n
     n = idx.shape[-1]
     pos, tgt = n * n_pos, n * (n_pos - 1)
     out = {"ppl_base": np.exp(tot("nll_base") / tgt)}
-    for v in ("fp32", "ue8m0"):
+    if "hit_base" in s:
+        out["acc_base"] = tot("hit_base") / tgt
+    variants = variants_of(s)
+    for v in variants:
         out[f"ppl_{v}"] = np.exp(tot(f"nll_{v}") / tgt)
         out[f"kl_{v}"] = tot(f"kl_{v}") / pos
         out[f"top1_{v}"] = tot(f"agree_{v}") / pos
-    out["ppl_increase"] = out["ppl_ue8m0"] / out["ppl_fp32"] - 1.0
+        if f"hit_{v}" in s:
+            out[f"acc_{v}"] = tot(f"hit_{v}") / tgt
     kl32 = np.maximum(out["kl_fp32"], np.finfo(np.float64).tiny)
-    out["kl_increase"] = out["kl_ue8m0"] / kl32 - 1.0
-    out["top1_change"] = out["top1_ue8m0"] - out["top1_fp32"]
+    for v in variants:
+        if v == "fp32":
+            continue
+        out[f"{v}:ppl_increase"] = out[f"ppl_{v}"] / out["ppl_fp32"] - 1.0
+        out[f"{v}:kl_increase"] = out[f"kl_{v}"] / kl32 - 1.0
+        out[f"{v}:top1_change"] = out[f"top1_{v}"] - out["top1_fp32"]
+        if f"acc_{v}" in out:
+            out[f"{v}:acc_change"] = out[f"acc_{v}"] - out["acc_fp32"]
     return out
 
 
-def summarize(sums: dict[str, np.ndarray], seq_len: int, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Point estimates and paired-bootstrap 95% intervals (percentile) over windows."""
+def summarize(sums: Mapping[str, np.ndarray], seq_len: int, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Point estimates and paired-bootstrap 95% intervals (percentile) over windows: a block per variant
+    (``base``, ``fp32``, ``ue8m0``, each plan) and ``<v>_vs_fp32`` for every FP8 variant but fp32."""
     n = len(sums["nll_base"])
     point = {k: float(v[0]) for k, v in _stats(sums, np.arange(n)[None, :], seq_len).items()}
     rng = np.random.default_rng(seed)
     boot = _stats(sums, rng.integers(0, n, size=(n_boot, n)), seq_len)
     ci = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in boot.items()}
 
-    def block(keys: Iterable[str]) -> dict:
+    def block(keys: Iterable[str], prefix: str = "") -> dict:
         d = {}
         for k in keys:
-            d[k], d[f"{k}_ci"] = point[k], ci[k]
+            if prefix + k in point:
+                d[k], d[f"{k}_ci"] = point[prefix + k], ci[prefix + k]
         return d
 
     result = {
@@ -136,11 +184,13 @@ def summarize(sums: dict[str, np.ndarray], seq_len: int, n_boot: int = 2000, see
         "seq_len": seq_len,
         "tokens": n * seq_len,
         "bootstrap": {"resamples": n_boot, "seed": seed, "unit": "window", "interval": "percentile 95%"},
-        "base": block(["ppl_base"]),
-        "fp32": block(["ppl_fp32", "kl_fp32", "top1_fp32"]),
-        "ue8m0": block(["ppl_ue8m0", "kl_ue8m0", "top1_ue8m0"]),
-        "ue8m0_vs_fp32": block(["ppl_increase", "kl_increase", "top1_change"]),
+        "base": block(["ppl_base", "acc_base"]),
     }
+    for v in variants_of(sums):
+        result[v] = block([f"ppl_{v}", f"kl_{v}", f"top1_{v}", f"acc_{v}"])
+    for v in variants_of(sums):
+        if v != "fp32":
+            result[f"{v}_vs_fp32"] = block(["ppl_increase", "kl_increase", "top1_change", "acc_change"], f"{v}:")
     _check_finite(result)
     return result
 

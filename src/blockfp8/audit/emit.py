@@ -10,7 +10,9 @@ Flag and variable names checked against the engines' sources and docs (2026-11):
   picks the block-FP8 GEMM (as listed by ``sglang serve --help`` in v0.5.12).
 
 Only Blackwell needs them: there DeepGEMM's block-scaled MMA takes only UE8M0 scales. On Hopper DeepGEMM uses
-float32 scales and may stay on.
+float32 scales and may stay on. Neither engine picks a dense GEMM backend per layer (one ``--linear-backend`` /
+``--fp8-gemm-backend`` and one DeepGEMM switch for the whole model), so a per-layer plan cannot be expressed: the
+output says so and emits the whole-model choice the verdict gives.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ def emit(engine: str, report: AuditReport) -> str:
     model = report.model
     head = [f"# blockfp8 audit verdict for {model}: {s.verdict} (mean {s.mean_bits_lost:.3f} bit lost per "
             f"layer, max {s.max_bits_lost:.3f} in {s.worst_layer})"]
+    plan = report.plan
+    if plan and plan["float32_layers"]:
+        lost = ("its UE8M0 layers lose the fast kernel" if not report.safe
+                else f"its {len(plan['float32_layers'])} float32 layers lose their protection")
+        head.append(f"# The audit's per-layer plan ({len(plan['float32_layers'])} layers on float32 scales, "
+                    f"{100 * plan['ue8m0_flop_share']:.1f}% of GEMM FLOPs on UE8M0) cannot be expressed in {engine}: "
+                    f"it takes one GEMM backend for every dense layer. Emitting the whole-model choice; {lost}. "
+                    "blockfp8's own layers follow the plan (`blockfp8 explain --audit`).")
     if report.safe:
         return "\n".join(head + [f"# UE8M0 is acceptable: keep the {engine} defaults (DeepGEMM may run with UE8M0 "
                                  "scales on Blackwell); nothing to set."])

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blockfp8 import atomic
-from blockfp8.audit.verdict import UNSAFE
+from blockfp8.audit.verdict import UNSAFE, prediction_line
 
 if TYPE_CHECKING:
     from blockfp8.audit.report import AuditReport
@@ -47,6 +47,41 @@ def verdict_lines(report: AuditReport) -> list[str]:
     return [head, *(f"  - {r}" for r in s.reasons)]
 
 
+_VARIANT_LABELS = (("fp32", "FP8 float32 scales"), ("ue8m0", "FP8 UE8M0 scales "), ("plan", "FP8 per-layer plan"))
+
+
+def _acc(d: dict, v: str) -> str:
+    return f"  next-token accuracy {d[f'acc_{v}']:.4f}" if f"acc_{v}" in d else ""
+
+
+def _ci(d: dict, unit: str, fmt: str = "+.2f") -> str:
+    return f"{format(d['value'], fmt)}{unit} [{format(d['ci'][0], fmt)}, {format(d['ci'][1], fmt)}]"
+
+
+def plan_lines(report: AuditReport, shown: int = 12) -> list[str]:
+    """The per-layer plan: its float32 layers, the FLOP share left on UE8M0, its held-out deltas beside
+    all-UE8M0's, and its predicted task effect."""
+    plan = report.plan
+    if not plan:
+        return []
+    f32, e = plan["float32_layers"], plan["e2e"]
+    names = ", ".join(f32[:shown]) + (f" ... ({len(f32) - shown} more)" if len(f32) > shown else "")
+    u = e["all_ue8m0"]
+    out = [f"per-layer plan: {len(f32)} of {plan['layers']} layers keep float32 scales, "
+           f"{100 * plan['ue8m0_flop_share']:.1f}% of GEMM FLOPs stay on UE8M0 (tolerance: "
+           f"{100 * plan['tolerance']['kl_share']:g}% of all-UE8M0's KL increase)",
+           f"  float32 layers: {names or 'none'}",
+           f"  held out, vs all-float32: plan KL {_ci(e['kl_increase_pct'], '%', '+.1f')}, perplexity "
+           f"{_ci(e['ppl_increase_pct'], '%')}; all-UE8M0 KL {_ci(u['kl_increase_pct'], '%', '+.1f')}, perplexity "
+           f"{_ci(u['ppl_increase_pct'], '%')}",
+           f"  the plan keeps {100 * e['kl_share_of_ue8m0']:.1f}% of all-UE8M0's KL increase: "
+           f"{'within' if plan['within_tolerance'] else 'OUTSIDE'} the tolerance"]
+    pred = (report.summary.prediction or {}).get("plan")
+    if pred:
+        out.append("  " + prediction_line(pred, "the plan"))
+    return out
+
+
 # --------------------------------------------------------------------------------------------- text (blockfp8 audit)
 
 
@@ -69,16 +104,20 @@ def render_text(report: AuditReport, top: int = 0) -> str:
     if e2e:
         out.append(f"end to end ({e2e['windows']} x {e2e['seq_len']} held-out tokens, 95% bootstrap intervals):")
         b = e2e["base"]
-        out.append(f"  unquantized        perplexity {b['ppl_base']:.3f}")
-        for v, label in (("fp32", "FP8 float32 scales"), ("ue8m0", "FP8 UE8M0 scales ")):
+        out.append(f"  unquantized        perplexity {b['ppl_base']:.3f}" + _acc(b, "base"))
+        for v, label in _VARIANT_LABELS:
+            if v not in e2e:
+                continue
             d = e2e[v]
             out.append(f"  {label} perplexity {d[f'ppl_{v}']:.3f}  KL {d[f'kl_{v}']:.4f} "
-                       f"[{d[f'kl_{v}_ci'][0]:.4f}, {d[f'kl_{v}_ci'][1]:.4f}]  top-1 {d[f'top1_{v}']:.4f}")
+                       f"[{d[f'kl_{v}_ci'][0]:.4f}, {d[f'kl_{v}_ci'][1]:.4f}]  top-1 {d[f'top1_{v}']:.4f}"
+                       + _acc(d, v))
         d = e2e["ue8m0_vs_fp32"]
         out.append(f"  UE8M0 vs float32: perplexity {100 * d['ppl_increase']:+.2f}% "
                    f"[{100 * d['ppl_increase_ci'][0]:+.2f}, {100 * d['ppl_increase_ci'][1]:+.2f}], KL "
                    f"{100 * d['kl_increase']:+.1f}% [{100 * d['kl_increase_ci'][0]:+.1f}, "
                    f"{100 * d['kl_increase_ci'][1]:+.1f}]")
+    out += plan_lines(report)
     speed = report.run.get("speed")
     if speed:
         out.append(f"speed: read {speed['read_gb_per_s']:.2f} GB/s, audit {speed['audit_gb_per_s']:.2f} GB/s: the "
@@ -127,7 +166,11 @@ def render_check_summary(report: AuditReport) -> str:
                 f"({100 * d['kl_increase']:+.1f}% [{100 * d['kl_increase_ci'][0]:+.1f}, "
                 f"{100 * d['kl_increase_ci'][1]:+.1f}]); top-1 agreement {f['top1_fp32']:.4f} vs "
                 f"{u['top1_ue8m0']:.4f}"]
-    return "\n".join(out + verdict_lines(report))
+        if "acc_fp32" in f:
+            out.append(f"  next-token accuracy: unquantized {b['acc_base']:.4f}, FP8/float32 {f['acc_fp32']:.4f}, "
+                       f"FP8/UE8M0 {u['acc_ue8m0']:.4f}" + (f", plan {e2e['plan']['acc_plan']:.4f}"
+                                                             if "plan" in e2e else ""))
+    return "\n".join(out + plan_lines(report) + verdict_lines(report))
 
 
 # --------------------------------------------------------------------------------------------- report.md, plots
@@ -166,6 +209,9 @@ def render_markdown(report: AuditReport, top: int = 15) -> str:
                 f"{100 * d['kl_increase_ci'][1]:+.1f}], top-1 {100 * d['top1_change']:+.2f} points "
                 f"[{100 * d['top1_change_ci'][0]:+.2f}, {100 * d['top1_change_ci'][1]:+.2f}] (95% bootstrap over "
                 "windows).", ""]
+    if report.plan:
+        out += ["## Per-layer plan", "", *(line.strip() if not line.startswith("  ") else "- " + line.strip()
+                                           for line in plan_lines(report, shown=10**6)), ""]
     rows = report.top_layers(top)
     out += [f"## The {len(rows)} layers that lose most", ""]
     extra = [k for k in ("act_bits_lost", "weight_bits_lost", "act_crest", "act_outlier_channels",

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from blockfp8 import atomic, paths
 from blockfp8.audit.measures import INFLATION_LOG2_EDGES
+from blockfp8.audit.predict import calibration_for, prediction_section
 from blockfp8.audit.render import render_markdown, write_plots
 from blockfp8.audit.verdict import (
     SAFE,
@@ -28,7 +29,7 @@ from blockfp8.audit.verdict import (
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 # The optional sections, in the order they follow ``summary`` in the JSON; ``run`` always comes last.
-SECTIONS = ("histograms", "calibration", "e2e", "checkpoint")
+SECTIONS = ("histograms", "calibration", "e2e", "plan", "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -46,22 +47,26 @@ class Summary:
     verdict: str  # SAFE | UNSAFE
     reasons: tuple[str, ...]
     thresholds: dict[str, float]  # Thresholds.as_dict() of the thresholds judged against
+    prediction: dict[str, Any] | None = None  # the task-level prediction (audit.predict), when e2e was measured
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(reasons=list(self.reasons), thresholds=dict(self.thresholds))
+        if self.prediction is None:
+            del d["prediction"]
         return d
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Summary:
         if not isinstance(d, dict) or d.get("verdict") not in (SAFE, UNSAFE):
             raise VerdictError(f"{where}: field summary.verdict must be 'safe' or 'unsafe'")
-        names = [f.name for f in fields(cls)]
+        names = [f.name for f in fields(cls) if f.name != "prediction"]
         # the fields a verdict's evidence quotes are named first
         for key in ("mean_bits_lost", "max_bits_lost", "worst_layer", *names):
             if key not in d:
                 raise VerdictError(f"{where}: field summary.{key} is missing")
-        return cls(**{**{k: d[k] for k in names}, "reasons": tuple(d["reasons"]), "thresholds": dict(d["thresholds"])})
+        return cls(**{**{k: d[k] for k in names}, "reasons": tuple(d["reasons"]), "thresholds": dict(d["thresholds"]),
+                      "prediction": d.get("prediction")})
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class AuditReport:
     histograms: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     e2e: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None  # the per-layer scale-format plan (audit.scale_plan)
     checkpoint: dict[str, Any] | None = None
     run: dict[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
@@ -158,30 +164,55 @@ def build_report(
     calibration: Mapping[str, Any] | None = None,
     e2e: Mapping[str, Any] | None = None,
     checkpoint: Mapping[str, Any] | None = None,
+    plan: Mapping[str, Any] | None = None,
     run: Mapping[str, Any] | None = None,
+    given_thresholds: Collection[str] | None = None,
+    verdict_calibration: str | os.PathLike | None = None,
+    task: str = "lambada",
 ) -> AuditReport:
     """Per-layer verdicts, the summary with the model verdict and its reasons. Everything except ``run`` (timings,
     world size, versions) is a pure function of the measurements, so a distributed run gives the same report as a
-    single process."""
+    single process. With an e2e section the verdict follows the task-level prediction for ``task``, calibrated by
+    ``verdict_calibration`` (a ``blockfp8 calibrate`` file; default the shipped data); ``given_thresholds`` names
+    the thresholds the user set (see ``verdict.model_verdict``)."""
     layers = tuple({**r, "verdict": layer_verdict(float(r["bits_lost"]), thresholds)} for r in rows)
     numbers = summarize(layers, thresholds)
-    verdict, reasons = model_verdict(numbers, thresholds, e2e)
+    prediction = None
+    if e2e:
+        cal, source = calibration_for(task, verdict_calibration)
+        prediction = prediction_section(e2e, cal, source)
+    verdict, reasons = model_verdict(numbers, thresholds, e2e, prediction, given_thresholds)
     report = AuditReport(
         model=model,
         model_type=model_type,
         level=level,
         block_size=(int(block_size[0]), int(block_size[1])),
         layers=layers,
-        summary=Summary(**numbers, verdict=verdict, reasons=tuple(reasons), thresholds=thresholds.as_dict()),
+        summary=Summary(**numbers, verdict=verdict, reasons=tuple(reasons), thresholds=thresholds.as_dict(),
+                        prediction=prediction),
         histograms={"scale_inflation": {"log2_edges": list(INFLATION_LOG2_EDGES),
                                         **{k: list(v) for k, v in histograms.items()}}} if histograms else None,
         calibration=dict(calibration) if calibration else None,
         e2e=dict(e2e) if e2e else None,
+        plan=dict(plan) if plan else None,
         checkpoint=dict(checkpoint) if checkpoint else None,
         run=dict(run or {}),
     )
     json.dumps(report.to_dict(), allow_nan=False)  # fail here, naming nothing half-written, if a number is not finite
     return report
+
+
+def rejudge(report: AuditReport, thresholds: Thresholds | None = None, **verdict: Any) -> AuditReport:
+    """The same measurements judged again: other thresholds, or another verdict calibration (``verdict``:
+    ``given_thresholds``, ``verdict_calibration``, ``task``). Nothing is measured again."""
+    thresholds = thresholds or Thresholds.from_dict(report.summary.thresholds)
+    rows = [{k: v for k, v in r.items() if k != "verdict"} for r in report.layers]
+    hist = (report.histograms or {}).get("scale_inflation")
+    return build_report(model=report.model, level=report.level, block_size=report.block_size, rows=rows,
+                        thresholds=thresholds, model_type=report.model_type,
+                        histograms={k: v for k, v in hist.items() if k != "log2_edges"} if hist else None,
+                        calibration=report.calibration, e2e=report.e2e, checkpoint=report.checkpoint,
+                        plan=report.plan, run=report.run, **verdict)
 
 
 def comparable(report: Mapping[str, Any]) -> dict:

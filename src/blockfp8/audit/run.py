@@ -5,7 +5,7 @@ comparison (``audit_model``). The CLI (``blockfp8 audit`` / ``blockfp8 check``) 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from blockfp8.audit.measures import inflation_histogram
 from blockfp8.audit.plan import UNQUANTIZED_TENSORS, OpenCheckpoint, plan_checkpoint
 from blockfp8.audit.reading import audit_jobs, read_jobs
 from blockfp8.audit.report import AuditReport, build_report
+from blockfp8.audit.scale_plan import PlanTolerance
 from blockfp8.audit.speed import SpeedReport, timed, warm_up
 from blockfp8.audit.verdict import Thresholds
 from blockfp8.formats.hf_config import text_model_type
@@ -148,9 +149,15 @@ def audit_model(
     n_boot: int = 2000,
     progress: bool = False,
     data_dir=None,
+    plan: PlanTolerance | None = None,
+    plan_windows: int = 16,
+    verdict: Mapping[str, Any] | None = None,
 ) -> AuditReport:
     """The calibrated level on ``calib`` windows of ``seq_len`` tokens, plus the end-to-end level on
-    ``eval_windows`` held-out windows when > 0."""
+    ``eval_windows`` held-out windows when > 0. With ``plan`` (and an end-to-end level) it also chooses a per-layer
+    scale-format plan on the first ``plan_windows`` calibration windows and measures it end to end
+    (``audit.scale_plan``). ``verdict``: keyword arguments for ``build_report`` (given_thresholds,
+    verdict_calibration, task)."""
 
     thresholds = thresholds or Thresholds()
     t0 = time.perf_counter()
@@ -159,42 +166,72 @@ def audit_model(
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         return _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, thresholds, device,
-                            batch_tokens, n_boot, progress, data_dir, t0)
+                            batch_tokens, n_boot, progress, data_dir, t0, plan, plan_windows, dict(verdict or {}))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
+def _choose_plan(model, rows, ids, block, batch, tolerance, progress) -> tuple[list[str], list[dict], int]:
+    from blockfp8.audit import e2e, scale_plan, sensitivity
+
+    scores = None
+    if tolerance.rank == "fisher":
+        scores = sensitivity.fisher_sensitivity(model, ids, block, batch_size=max(1, batch // 2))
+        for r in rows:
+            r["ue8m0_sensitivity"] = scores[r["name"]]
+    sim = e2e.FP8Simulator(model, block)
+    selection = scale_plan.SelectionSet(model, ids, sim, batch)
+    float32_layers, steps = scale_plan.choose(rows, selection, tolerance, scores)
+    if progress:
+        from blockfp8.log import step
+
+        step(f"plan: {len(float32_layers)} layers on float32 scales after {len(steps)} measured plans")
+    return float32_layers, steps, int(ids.numel())
+
+
 def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, thresholds, device, batch_tokens,
-                 n_boot, progress, data_dir, t0) -> AuditReport:
-    from blockfp8.audit import calibrated, e2e, text
+                 n_boot, progress, data_dir, t0, plan, plan_windows, verdict) -> AuditReport:
+    from blockfp8.audit import calibrated, e2e, scale_plan, text
 
     cw = text.windows(tokenizer, calib, seq_len, "calibration", data_dir)
     batch = max(1, batch_tokens // seq_len)
     rows, hists = calibrated.audit_calibrated(model, cw.ids, block, batch_size=batch,
                                               progress=_progress(progress, "calibrating", "batch"))
     t_calib = time.perf_counter() - t0
-    e2e_result = None
+    layer_rows = [r.as_dict() for r in rows]
+    e2e_result = plan_result = None
     timings = {"calibrated_s": round(t_calib, 3)}
     if eval_windows > 0:
         ew = text.windows(tokenizer, eval_windows, seq_len, "evaluation", data_dir)
+        plans = {}
+        if plan is not None:
+            t1 = time.perf_counter()
+            f32, steps, sel_tokens = _choose_plan(model, layer_rows, cw.ids[:plan_windows], block,
+                                                  max(1, batch // 2), plan, progress)
+            plans[scale_plan.PLAN] = f32
+            timings["plan_s"] = round(time.perf_counter() - t1, 3)
         t1 = time.perf_counter()
-        sums = e2e.measure(model, ew.ids, block, batch_size=max(1, batch // 2),
+        sums = e2e.measure(model, ew.ids, block, batch_size=max(1, batch // 2), plans=plans,
                            progress=_progress(progress, "end to end", "batch"))
         e2e_result = e2e.summarize(sums, seq_len, n_boot=n_boot)
         e2e_result["source"] = ew.source
         e2e_result["model_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
         timings["e2e_s"] = round(time.perf_counter() - t1, 3)
+        if plan is not None:
+            plan_result = scale_plan.plan_section(layer_rows, f32, e2e_result, steps, plan, sel_tokens)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     return build_report(
         model=name,
         model_type=model_type_of(model),
         level="calibrated+e2e" if e2e_result else "calibrated",
         block_size=block,
-        rows=[r.as_dict() for r in rows],
+        rows=layer_rows,
         thresholds=thresholds,
         histograms=hists,
         calibration={"samples": calib, "seq_len": seq_len, "tokens": cw.tokens, "source": cw.source,
                      "passages": cw.passages, "model_dtype": dtype},
         e2e=e2e_result,
+        plan=plan_result,
         run=run_info(device, time.perf_counter() - t0, **timings),
+        **verdict,
     )

@@ -1,23 +1,26 @@
 """Verdicts: is UE8M0 (power-of-two scales, what DeepGEMM takes on Blackwell) safe for this layer and this model?
 
-A layer is ``unsafe`` when its bits lost exceed ``layer_bits_lost``. The model is ``unsafe`` when any of:
+A layer is ``unsafe`` when its bits lost exceed ``layer_bits_lost``. The model verdict has two rules:
 
-* the mean bits lost over its layers exceeds ``mean_bits_lost``;
-* more than ``unsafe_layer_share`` of its layers are unsafe;
-* (end to end, when measured) UE8M0 raises perplexity over FP8/float32 by more than ``ppl_increase`` (relative)
-  with the lower end of its 95% bootstrap interval above 0, or raises the KL divergence to the unquantized model
-  by more than ``kl_increase`` (relative) with the interval's lower end above 0.
+* with an end-to-end measurement that includes next-token accuracy, the task rule (``audit.predict``): unsafe when
+  the predicted downstream accuracy loss of all-UE8M0 against float32 scales exceeds the loss boundary calibrated
+  on measured task deltas. The thresholds below then apply only where the user set them (``given``), each adding
+  its reason as before;
+* otherwise (checkpoint, weights-only, calibrated-only levels) the thresholds: unsafe when the mean bits lost
+  exceeds ``mean_bits_lost``, more than ``unsafe_layer_share`` of the layers are unsafe, or (end to end, when
+  measured) perplexity over FP8/float32 rises by more than ``ppl_increase`` / the KL divergence to the
+  unquantized model by more than ``kl_increase`` (relative), each with its 95% interval's lower end above 0.
 
 The defaults are chosen from our own measurements; docs/audit.md says how. Each threshold's ``help`` (its field
 metadata) is the one description the CLI flags show. ``load_verdict`` turns a report JSON into the
-:class:`blockfp8.config.AuditVerdict` the accuracy guard reads (``audit.report`` builds on this module, hence the
-imports inside the functions that read a report).
+:class:`blockfp8.config.AuditVerdict` the accuracy guard reads, with the report's per-layer plan when it has one
+(``audit.report`` builds on this module, hence the imports inside the functions that read a report).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,29 +96,58 @@ def summarize(rows: Sequence[Mapping[str, Any]], thresholds: Thresholds) -> dict
     }
 
 
-def model_verdict(summary: Mapping[str, Any], thresholds: Thresholds, e2e: Mapping[str, Any] | None = None
-                  ) -> tuple[str, list[str]]:
-    """(verdict, reasons): every reason names the number and the threshold it crossed (or, if safe, stayed under)."""
-    t = thresholds
+def _threshold_reasons(summary: Mapping[str, Any], t: Thresholds, e2e: Mapping[str, Any] | None,
+                       given: Collection[str]) -> list[str]:
     reasons: list[str] = []
-    if summary["mean_bits_lost"] > t.mean_bits_lost:
+    if "mean_bits_lost" in given and summary["mean_bits_lost"] > t.mean_bits_lost:
         reasons.append(f"mean bits lost per layer {summary['mean_bits_lost']:.3f} > {t.mean_bits_lost:g}")
-    if summary["unsafe_layer_share"] > t.unsafe_layer_share:
+    if "unsafe_layer_share" in given and summary["unsafe_layer_share"] > t.unsafe_layer_share:
         reasons.append(f"{summary['unsafe_layers']}/{summary['layers']} layers lose more than {t.layer_bits_lost:g} "
                        f"bit (share {summary['unsafe_layer_share']:.2f} > {t.unsafe_layer_share:g}); worst "
                        f"{summary['worst_layer']} {summary['max_bits_lost']:.3f} bit")
     if e2e:
         d = e2e["ue8m0_vs_fp32"]
         ppl, ppl_ci = d["ppl_increase"], d["ppl_increase_ci"]
-        if ppl > t.ppl_increase and ppl_ci[0] > 0:
+        if "ppl_increase" in given and ppl > t.ppl_increase and ppl_ci[0] > 0:
             reasons.append(f"perplexity +{100 * ppl:.2f}% vs FP8/float32 (95% CI {100 * ppl_ci[0]:.2f}..."
                            f"{100 * ppl_ci[1]:.2f}%) > {100 * t.ppl_increase:g}%")
         kl, kl_ci = d["kl_increase"], d["kl_increase_ci"]
-        if kl > t.kl_increase and kl_ci[0] > 0:
+        if "kl_increase" in given and kl > t.kl_increase and kl_ci[0] > 0:
             reasons.append(f"KL to the unquantized model +{100 * kl:.1f}% vs FP8/float32 (95% CI "
                            f"{100 * kl_ci[0]:.1f}...{100 * kl_ci[1]:.1f}%) > {100 * t.kl_increase:g}%")
+    return reasons
+
+
+def prediction_line(p: Mapping[str, Any], what: str = "UE8M0") -> str:
+    """One line: the predicted task effect of ``p`` (``summary.prediction[...]``) with its intervals."""
+    a, q = p["acc_change_pp"], p["ppl_increase_pct"]
+    return (f"predicted {p['task']} effect of {what} vs float32 scales: accuracy {a['value']:+.2f} pp "
+            f"[{a['interval'][0]:+.2f}, {a['interval'][1]:+.2f}], perplexity {q['value']:+.2f}% "
+            f"[{q['interval'][0]:+.2f}, {q['interval'][1]:+.2f}]")
+
+
+def model_verdict(summary: Mapping[str, Any], thresholds: Thresholds, e2e: Mapping[str, Any] | None = None,
+                  prediction: Mapping[str, Any] | None = None, given: Collection[str] | None = None
+                  ) -> tuple[str, list[str]]:
+    """(verdict, reasons): every reason names the number and the threshold it crossed (or, if safe, stayed under).
+    ``given``: the thresholds the user set (None: those that differ from the defaults)."""
+    t = thresholds
+    if given is None:
+        given = {k for k, v in t.as_dict().items() if v != getattr(Thresholds(), k)}
+    if prediction is None:  # no task-level prediction: every threshold applies
+        given = {f.name for f in fields(Thresholds)}
+    reasons = _threshold_reasons(summary, t, e2e, given)
+    if prediction is not None:
+        p, cal = prediction["ue8m0"], prediction["calibration"]
+        bound = f"calibrated loss boundary {cal['loss_boundary_pp']:.2f} pp ({cal['points']} points: " \
+                f"{', '.join(cal['models'])})"
+        line = prediction_line(p)
+        if p["unsafe"]:
+            reasons.insert(0, f"{line}; loss {-p['acc_change_pp']['value']:.2f} pp > {bound}")
     if reasons:
         return UNSAFE, reasons
+    if prediction is not None:
+        return SAFE, [f"{line}; loss within the {bound}"]
     ok = [f"mean bits lost {summary['mean_bits_lost']:.3f} <= {t.mean_bits_lost:g}",
           f"unsafe layers {summary['unsafe_layers']}/{summary['layers']} (share <= {t.unsafe_layer_share:g})"]
     if e2e:
@@ -141,6 +173,10 @@ def evidence(report: AuditReport | Mapping[str, Any], source: str | None = None)
     if report.e2e:
         d = report.e2e["ue8m0_vs_fp32"]
         what += f"; end to end UE8M0 vs float32 perplexity {100 * d['ppl_increase']:+.2f}%"
+    if report.plan:
+        p = report.plan
+        what += f"; plan: {len(p['float32_layers'])} layers on float32 scales, " \
+                f"{100 * p['ue8m0_flop_share']:.1f}% of GEMM FLOPs on UE8M0"
     if source:
         what += f" [{source}]"
     return what
@@ -153,5 +189,20 @@ def load_verdict(path: str | Path) -> AuditVerdict:
     path = Path(path)
     if path.is_dir():
         path = path / REPORT_JSON
-    report = AuditReport.load(path)
-    return AuditVerdict(ue8m0_ok=report.safe, evidence=evidence(report, str(path)), model_type=report.model_type)
+    return verdict_of(AuditReport.load(path), str(path))
+
+
+def verdict_of(report: AuditReport, source: str | None = None) -> AuditVerdict:
+    """The model verdict and, when the report has a plan, the layers it keeps on float32 scales and those it lets
+    run UE8M0 (``source``: the file, named in the evidence and in errors)."""
+    plan = report.plan
+    if plan is None:
+        return AuditVerdict(ue8m0_ok=report.safe, evidence=evidence(report, source), model_type=report.model_type)
+    float32 = frozenset(plan["float32_layers"])
+    unknown = float32 - {r["name"] for r in report.layers}
+    if unknown:
+        raise VerdictError(f"{source or 'audit report'}: field plan.float32_layers names layers the report does not "
+                           f"have: {', '.join(sorted(unknown)[:3])}")
+    return AuditVerdict(ue8m0_ok=report.safe, evidence=evidence(report, source), model_type=report.model_type,
+                        float32_layers=float32,
+                        ue8m0_layers=frozenset(r["name"] for r in report.layers) - float32)

@@ -23,8 +23,11 @@ __all__ = [
     "PLAN_ARCHES",
     "ArchSelection",
     "Explanation",
+    "LayerChoice",
     "explain",
+    "layer_choices",
     "problems",
+    "render_layer_choices",
     "render_selection",
     "render_text",
     "selection_for_verdict",
@@ -172,19 +175,21 @@ class ArchSelection:
 
 
 def selection_for_verdict(n: int, k: int, block_size: tuple[int, int], audit: AuditVerdict,
-                          arches: tuple[tuple[str, str], ...] = PLAN_ARCHES) -> list[ArchSelection]:
-    """For an ``N x K`` dense layer of the audited model (``audit.model_type``), the policy's pick and its
-    accuracy guard's answer on each ``(label, arch)`` plan, with ``audit`` as the measured verdict."""
+                          arches: tuple[tuple[str, str], ...] = PLAN_ARCHES, layer: str | None = None
+                          ) -> list[ArchSelection]:
+    """For an ``N x K`` dense layer (module ``layer``, for a verdict with a per-layer plan) of the audited model
+    (``audit.model_type``), the policy's pick and its accuracy guard's answer on each ``(label, arch)`` plan, with
+    ``audit`` as the measured verdict."""
     config = BlockFP8Config(model_type=audit.model_type, audit=audit, weight_block_size=tuple(block_size))
     out = []
     for label, arch in arches:
         plat = detect(arch=arch)
         try:
-            d = resolve(GemmProblem(n, k, tuple(block_size)), config, plat)
+            d = resolve(GemmProblem(n, k, tuple(block_size)), config, plat, layer=layer)
             pick = f"{d.backend} with {d.weight_scale_fmt} weight / {d.act_scale_fmt} activation scales"
         except (BackendUnavailableError, NoBackendError) as exc:
             pick = f"nothing runs here ({str(exc).splitlines()[0]})"
-        g = guard_verdict(config.model_type, plat, audit)
+        g = guard_verdict(config.model_type, plat, audit, layer)
         if g.source == "audit":
             guard = ("DeepGEMM kept off where installed (its kernel takes only UE8M0 here)" if g.blocks_deep_gemm
                      else "DeepGEMM allowed with UE8M0 scales")
@@ -198,3 +203,50 @@ def render_selection(layer: str, n: int, k: int, selections: list[ArchSelection]
     """The lines `blockfp8 check` prints under a verdict: the layer, then one line per planned GPU."""
     return [f"what blockfp8 would select for {layer} (N={n}, K={k}) with this verdict:",
             *(s.line() for s in selections)]
+
+
+# ------------------------------------------------------------------------------------------------ per layer
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """The decision for one audited dense layer (its name and shape), or why nothing runs it."""
+
+    layer: str
+    n: int
+    k: int
+    pick: str  # "deepgemm/ue8m0", "triton/float32", or "error: ..."
+    source: str
+    guard: str  # the accuracy guard's answer for this layer: "DeepGEMM allowed", "DeepGEMM kept off", or why moot
+
+    def as_dict(self) -> dict:
+        return {"layer": self.layer, "n": self.n, "k": self.k, "pick": self.pick, "source": self.source,
+                "guard": self.guard}
+
+
+def layer_choices(layers: list[tuple[str, int, int]], config: BlockFP8Config, platform: Platform
+                  ) -> list[LayerChoice]:
+    """One decision per named ``(layer, N, K)``: what a per-layer plan in ``config.audit`` changes."""
+    out = []
+    for name, n, k in layers:
+        g = guard_verdict(config.model_type, platform, config.audit, name)
+        guard = g.reason if g.source == "none" else ("DeepGEMM kept off" if g.blocks_deep_gemm
+                                                     else "DeepGEMM allowed (UE8M0)")
+        try:
+            d = resolve(problems(config, n, k, 1)["linear"], config, platform, kind="linear", layer=name)
+            out.append(LayerChoice(name, n, k, f"{d.backend}/{d.act_scale_fmt}", d.source, guard))
+        except (BackendUnavailableError, NoBackendError) as exc:
+            out.append(LayerChoice(name, n, k, f"error: {str(exc).splitlines()[0]}", "error", guard))
+    return out
+
+
+def render_layer_choices(choices: list[LayerChoice], shown: int = 8) -> list[str]:
+    """Per-layer decisions grouped by pick, largest group first, naming up to ``shown`` layers of each."""
+    groups: dict[tuple[str, str], list[LayerChoice]] = {}
+    for c in choices:
+        groups.setdefault((c.pick, c.guard), []).append(c)
+    lines = [f"per layer ({len(choices)} audited dense layers):"]
+    for (pick, guard), members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        names = ", ".join(c.layer for c in members[:shown]) + (" ..." if len(members) > shown else "")
+        lines.append(f"  {len(members):4d} layers: {pick} (source: {members[0].source}; guard: {guard}): {names}")
+    return lines

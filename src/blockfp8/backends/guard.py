@@ -4,8 +4,10 @@ The known-bad model types are data (``blockfp8/data/guard.json``), not code. A m
 (``BlockFP8Config.audit``) outranks the list either way: it can keep DeepGEMM off for a type nobody listed yet, or
 lift the list's verdict when a measurement shows UE8M0 is harmless for that model.
 
-The guard only answers the question; ``select`` asks it only where DeepGEMM would otherwise have been chosen, so a
-machine without DeepGEMM never hears of it.
+A verdict with a per-layer plan (``AuditVerdict.float32_layers`` / ``ue8m0_layers``) answers per layer: the plan's
+float32 layers keep DeepGEMM off, its UE8M0 layers may use it, a layer the plan does not name follows the model
+verdict. The guard only answers the question; ``select`` asks it only where DeepGEMM would otherwise have been
+chosen, so a machine without DeepGEMM never hears of it.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ def load_guard_data() -> GuardData:
     return GuardData(families, known_bad)
 
 
-def guard_verdict(model_type: str | None, platform: Platform, audit: AuditVerdict | None = None) -> GuardVerdict:
-    """Whether DeepGEMM should stay off for ``model_type`` on ``platform``, with the evidence.
+def guard_verdict(model_type: str | None, platform: Platform, audit: AuditVerdict | None = None,
+                  layer: str | None = None) -> GuardVerdict:
+    """Whether DeepGEMM should stay off for ``model_type`` (its module ``layer``, when known) on ``platform``, with
+    the evidence.
 
     Only where DeepGEMM's kernel takes only UE8M0 scales (data: ``ue8m0_only_families``); elsewhere it runs with
     float32 scales and there is nothing to guard against.
@@ -59,8 +63,12 @@ def guard_verdict(model_type: str | None, platform: Platform, audit: AuditVerdic
     if platform.family not in data.ue8m0_only_families:
         return GuardVerdict(False, "none", f"DeepGEMM takes float32 scales on {platform.arch or 'this device'}")
     if audit is not None and audit.model_type in (None, model_type):
-        verdict = "UE8M0 harmful" if not audit.ue8m0_ok else "UE8M0 acceptable"
-        return GuardVerdict(not audit.ue8m0_ok, "audit", f"audit verdict for model_type={model_type}: {verdict}",
+        ok, scope = audit.layer_ue8m0_ok(layer)
+        if scope == "plan":
+            what = "allows UE8M0 for" if ok else "keeps float32 scales for"
+            return GuardVerdict(not ok, "audit", f"audit plan {what} {layer}", audit.evidence)
+        verdict = "UE8M0 harmful" if not ok else "UE8M0 acceptable"
+        return GuardVerdict(not ok, "audit", f"audit verdict for model_type={model_type}: {verdict}",
                             audit.evidence)
     if model_type in data.known_bad:
         return GuardVerdict(True, "guard", f"model_type={model_type} is in the known-bad list ({GUARD_DATA})",

@@ -160,8 +160,9 @@ def _guard_applies(capability: _Capability, asked: ScaleFmt | None) -> bool:
 
 
 def resolve(problem: GemmProblem, config: BlockFP8Config | None = None, platform: Platform | None = None,
-            kind: str = "linear") -> Decision:
-    """The decision for one layer: ``kind`` "linear" (dense) or "moe" (grouped experts)."""
+            kind: str = "linear", layer: str | None = None) -> Decision:
+    """The decision for one layer: ``kind`` "linear" (dense) or "moe" (grouped experts); ``layer``, its module
+    name, lets the accuracy guard follow an audit's per-layer plan."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not valid; valid values: {', '.join(KINDS)}")
     _check_problem(problem, kind)
@@ -175,7 +176,7 @@ def resolve(problem: GemmProblem, config: BlockFP8Config | None = None, platform
     caps = {b: _capability(get_backend(b), problem, platform, asked) for b in PREFERENCE_ORDER}
 
     if request is not None and request.force is not None:
-        forced = _resolve_forced(request, caps, kind, config, platform, notes, warnings)
+        forced = _resolve_forced(request, caps, kind, config, platform, notes, warnings, layer)
         if forced is not None:
             return _decision(problem, platform, kind, forced, request.source, caps, notes, warnings, (forced,), ())
     deep_gemm_off = request if request is not None and request.deep_gemm_off else None
@@ -194,7 +195,7 @@ def resolve(problem: GemmProblem, config: BlockFP8Config | None = None, platform
             skip_source, why = "env", "disabled by BLOCKFP8_DISABLED_BACKENDS"
         elif backend_id is BackendId.DEEPGEMM and _guard_applies(cap, asked):
             # Reached only when DeepGEMM is usable and allowed, i.e. it would otherwise be chosen.
-            verdict = guard_verdict(config.model_type, platform, config.audit)
+            verdict = guard_verdict(config.model_type, platform, config.audit, layer)
             if verdict.blocks_deep_gemm:
                 guarded, skip_source = verdict, verdict.source
                 why = f"kept off by the accuracy guard: {verdict.reason}; evidence: {verdict.evidence}"
@@ -267,7 +268,7 @@ def _dispatch_plan(problem: GemmProblem, platform: Platform, candidates: tuple[B
 
 
 def _resolve_forced(request: _Request, caps: dict[BackendId, _Capability], kind: str, config: BlockFP8Config,
-                    platform: Platform, notes: list[str], warnings: list[str]) -> BackendId | None:
+                    platform: Platform, notes: list[str], warnings: list[str], layer: str | None) -> BackendId | None:
     """The backend the user named, or None when use_deep_gemm=True meets a shape DeepGEMM cannot implement."""
     forced = request.force
     cap = caps[forced]
@@ -282,7 +283,7 @@ def _resolve_forced(request: _Request, caps: dict[BackendId, _Capability], kind:
             notes.append(f"{backend_id}: not considered, {request.setting} names {forced} ({caps[backend_id].reason})")
     notes.insert(0, f"{forced}: selected by {request.setting} ({cap.reason})")
     if forced is BackendId.DEEPGEMM and cap.scale_fmt is ScaleFmt.UE8M0:
-        verdict = guard_verdict(config.model_type, platform, config.audit)
+        verdict = guard_verdict(config.model_type, platform, config.audit, layer)
         if verdict.blocks_deep_gemm:
             notes.append(f"{forced}: accuracy guard overridden by {request.setting}: {verdict.reason}")
             warnings.append(
@@ -297,8 +298,10 @@ def _guard_warning(kind: str, model_type: str | None, platform: Platform, verdic
                    cap: _Capability) -> str:
     knob = f"{_DEEP_GEMM_ENV[kind]}=1 or {'moe_' if kind == 'moe' else ''}use_deep_gemm=True"
     known = "measured by the audit" if verdict.source == "audit" else "known"
+    which = "the layers the audit plan keeps on float32 scales" if verdict.reason.startswith("audit plan") \
+        else f"{kind} layers"
     return (
-        f"DeepGEMM auto-disabled for {kind} layers of model_type={model_type} on {platform.arch}: its kernel there "
+        f"DeepGEMM auto-disabled for {which} of model_type={model_type} on {platform.arch}: its kernel there "
         f"takes only UE8M0 (power-of-two) scales, {known} to lose accuracy for this model ({verdict.evidence}). "
         f"Selected {chosen} with {cap.scale_fmt} scales instead. Set {knob} to force DeepGEMM."
     )

@@ -154,6 +154,47 @@ def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
         raise UsageError(str(exc)) from None
 
 
+def given_thresholds(args: argparse.Namespace) -> list[str]:
+    """The thresholds the user set on the command line (they apply beside the task-level rule)."""
+    from blockfp8.audit.verdict import Thresholds
+
+    return [f.name for f in fields(Thresholds) if getattr(args, f.name, None) is not None]
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """The per-layer scale-format plan and the calibrated verdict (``audit --e2e``, ``check``)."""
+    from blockfp8.audit.scale_plan import PlanTolerance
+
+    group = parser.add_argument_group("per-layer plan and task-level verdict (docs/audit.md)")
+    group.add_argument("--no-plan", action="store_true", help="do not choose a per-layer scale-format plan")
+    group.add_argument("--plan-tolerance", type=float, default=PlanTolerance().kl_share, metavar="S",
+                       help="the plan may keep this share of all-UE8M0's KL increase over all-float32 (default "
+                            f"{PlanTolerance().kl_share:g})")
+    group.add_argument("--plan-rank", choices=("fisher", "bits"), default="fisher",
+                       help="order layers go to float32 scales in: fisher = Fisher-weighted UE8M0 output error "
+                            "(default), bits = calibrated bits lost")
+    group.add_argument("--plan-min-flops", type=float, default=0.0, metavar="S",
+                       help="keep at least this share of the GEMM FLOPs on UE8M0, even past the tolerance (default 0)")
+    group.add_argument("--plan-windows", type=positive_int, default=16, metavar="N",
+                       help="calibration windows the plan is chosen on (default 16)")
+    group.add_argument("--verdict-calibration", metavar="FILE",
+                       help="task-level calibration made by `blockfp8 calibrate` (default: the shipped data)")
+    group.add_argument("--task", default="lambada", help="the task whose predicted effect decides (default lambada)")
+
+
+def plan_from_args(args: argparse.Namespace):
+    """(PlanTolerance or None, keyword arguments for the verdict); a bad value is a usage error."""
+    from blockfp8.audit.scale_plan import PlanTolerance
+
+    try:
+        plan = None if args.no_plan else PlanTolerance(args.plan_tolerance, args.plan_rank, args.plan_min_flops)
+    except ValueError as exc:
+        raise UsageError(f"--plan-tolerance / --plan-min-flops: {exc}") from None
+    verdict = {"given_thresholds": given_thresholds(args), "verdict_calibration": args.verdict_calibration,
+               "task": args.task}
+    return plan, verdict
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Running a transformers model on text (``audit --model``, ``check``): window length, device, dtype, batch
     size in tokens and bootstrap resamples."""

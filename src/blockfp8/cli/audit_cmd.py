@@ -6,7 +6,8 @@ verdict (safe / unsafe for UE8M0) backed by the numbers. Three levels, each usab
   blockfp8 audit --model M --weights-only     weights of a transformers model quantized both ways
   blockfp8 audit --model M --calib N [--e2e]  calibrated: each linear layer's GEMM output SNR on N windows of real
                                               text; --e2e adds KL / top-1 / perplexity on held-out text with
-                                              bootstrap intervals
+                                              bootstrap intervals, a per-layer scale-format plan and the
+                                              predicted task-level effect the verdict follows
 
 `torchrun --nproc-per-node N -m blockfp8 audit PATH` splits a checkpoint's tensors across ranks and writes one
 report. The calibrated and end-to-end levels simulate FP8 GEMMs with blockfp8.quant.reference (the numerics our
@@ -25,8 +26,10 @@ from blockfp8.cli.args import (
     UsageError,
     add_model_arguments,
     add_output_arguments,
+    add_plan_arguments,
     add_threshold_arguments,
     block_size,
+    plan_from_args,
     positive_int,
     resolve_device,
     thresholds_from_args,
@@ -41,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what.add_argument("path", nargs="?", help="checkpoint: a safetensors file or a model folder (FP8 or bf16)")
     what.add_argument("--model", help="embedded model (smollm2), a .gguf file, a transformers folder or a block-FP8 "
                                       "folder")
+    what.add_argument("--rejudge", metavar="REPORT",
+                      help="judge an existing report.json again (thresholds, --verdict-calibration); measures nothing")
     p.add_argument("--weights-only", action="store_true", help="with --model: audit the weights alone")
     p.add_argument("--calib", type=positive_int, metavar="N",
                    help=f"with --model: N calibration windows (default {DEFAULT_CALIB})")
@@ -58,9 +63,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 when the verdict is unsafe")
     add_output_arguments(p, "the report")
     add_threshold_arguments(p)
+    add_plan_arguments(p)
 
 
 def _check_combination(args: argparse.Namespace) -> None:
+    if args.rejudge:
+        return
     if bool(args.path) == bool(args.model):
         raise UsageError("give either a checkpoint PATH or --model NAME_OR_PATH")
     if args.path and (args.weights_only or args.calib or args.e2e):
@@ -86,12 +94,15 @@ def run(args: argparse.Namespace) -> int:
         if target and target != "-":  # "-" is stdout
             atomic.check_target(target, folder=folder)  # fail now, not after the whole audit
     thresholds = thresholds_from_args(args)
+    plan, verdict = plan_from_args(args)
     device = resolve_device(args.device)
     progress = not args.quiet
     command = "blockfp8 audit " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["audit"] else None
     dist = None
     try:
-        if args.path:
+        if args.rejudge:
+            report = _rejudge(args, thresholds, verdict)
+        elif args.path:
             dist = distributed.init(device)
             report = levels.audit_checkpoint(
                 args.path, block=args.block, thresholds=thresholds, device=device, measure_read=args.measure_read,
@@ -109,16 +120,17 @@ def run(args: argparse.Namespace) -> int:
                 report = levels.audit_model(
                     model, tokenizer, args.model, calib=calib, seq_len=args.seq_len,
                     eval_windows=(args.eval or 2 * calib) if args.e2e else 0, block=block, thresholds=thresholds,
-                    device=device, batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress)
+                    device=device, batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress,
+                    plan=plan, plan_windows=args.plan_windows, verdict=verdict)
     except ModelNotFoundError as exc:  # no such model, file or package: a usage problem
         raise UsageError(str(exc)) from None
-    except (CheckpointError, ModelError, ValueError) as exc:  # a bad checkpoint or model, a non-finite result
+    except (CheckpointError, ModelError, ValueError) as exc:  # a bad checkpoint, model or report, a non-finite result
         print(f"blockfp8 audit: error: {exc}", file=sys.stderr)
         return 1
     finally:
         distributed.finish(dist)
-    if command:
-        report = report.with_run(command=command)
+    if command:  # a re-judged report keeps the command that measured it
+        report = report.with_run(**{"rejudged_by" if args.rejudge else "command": command})
     out = human_stream(args)
     print(render_text(report, args.top), file=out)
     if args.json is not None:
@@ -131,3 +143,13 @@ def run(args: argparse.Namespace) -> int:
     if args.emit:
         print(emit.emit(args.emit, report), file=out)
     return 1 if args.strict and not report.safe else 0
+
+
+def _rejudge(args: argparse.Namespace, thresholds, verdict: dict):
+    """The report at ``--rejudge`` judged again: the thresholds given on this command line (else the report's own)
+    and the task-level calibration."""
+    from blockfp8.audit.report import AuditReport, rejudge
+    from blockfp8.cli.args import given_thresholds
+
+    report = AuditReport.load(args.rejudge)
+    return rejudge(report, thresholds if given_thresholds(args) else None, **verdict)

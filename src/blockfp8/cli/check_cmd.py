@@ -16,7 +16,9 @@ import sys
 from blockfp8.cli.args import (
     add_model_arguments,
     add_output_arguments,
+    add_plan_arguments,
     add_threshold_arguments,
+    plan_from_args,
     positive_int,
     resolve_device,
     thresholds_from_args,
@@ -39,21 +41,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 when a verdict is unsafe")
     add_output_arguments(p, "the report(s), keyed model / checkpoint")
     add_threshold_arguments(p)
+    add_plan_arguments(p)
 
 
 def selection_lines(report: dict) -> list[str]:
     """What the policy picks for this model's worst layer on a Hopper and a Blackwell plan, fed the verdict."""
-    from blockfp8.audit.verdict import evidence
+    from blockfp8.audit.report import AuditReport
+    from blockfp8.audit.verdict import verdict_of
     from blockfp8.backends.explain import render_selection, selection_for_verdict
-    from blockfp8.config import AuditVerdict
 
     s = report["summary"]
     worst = next(r for r in report["layers"] if r["name"] == s["worst_layer"])
     n, k = worst["shape"]
-    audit = AuditVerdict(ue8m0_ok=s["verdict"] == "safe", evidence=evidence(report),
-                         model_type=report.get("model_type"))
-    selections = selection_for_verdict(n, k, tuple(report["block_size"]), audit, arches=ARCHES)
-    return render_selection(s["worst_layer"], n, k, selections)
+    audit = verdict_of(AuditReport.from_dict(report))
+    selections = selection_for_verdict(n, k, tuple(report["block_size"]), audit, arches=ARCHES,
+                                       layer=s["worst_layer"])
+    return render_selection(s["worst_layer"], n, k, selections) + plan_selection_lines(report)
+
+
+def plan_selection_lines(report: dict) -> list[str]:
+    """With a per-layer plan: what each audited layer gets on a Blackwell plan (DeepGEMM where installed)."""
+    from blockfp8.audit.report import AuditReport
+    from blockfp8.audit.verdict import verdict_of
+    from blockfp8.backends.explain import layer_choices, render_layer_choices
+    from blockfp8.config import BlockFP8Config
+    from blockfp8.platform import detect
+
+    if not report.get("plan"):
+        return []
+    audit = verdict_of(AuditReport.from_dict(report))
+    config = BlockFP8Config(model_type=audit.model_type, audit=audit, weight_block_size=tuple(report["block_size"]))
+    plat = detect(arch="sm_100")
+    choices = layer_choices([(r["name"], *r["shape"]) for r in report["layers"]], config, plat)
+    return ["with the per-layer plan on Blackwell sm_100 (the guard's answer decides where DeepGEMM is installed):",
+            *render_layer_choices(choices)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     atomic.check_target(args.out, folder=True)  # fail now, not after the audit
     thresholds = thresholds_from_args(args)
+    plan, verdict = plan_from_args(args)
     device = resolve_device(args.device)
     progress = not args.quiet
     model_name = args.model or (None if args.checkpoint else "smollm2")
@@ -86,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
             model, tokenizer = load_causal_lm(model_name, dtype=args.dtype, device=device)
             mr = levels.audit_model(model, tokenizer, model_name, calib=args.calib, seq_len=args.seq_len,
                                     eval_windows=args.eval, thresholds=thresholds, device=device,
-                                    batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress)
+                                    batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress,
+                                    plan=plan, plan_windows=args.plan_windows, verdict=verdict)
             reports.append(("model", mr.with_run(command=command), args.out))
     except ModelNotFoundError as exc:
         raise UsageError(str(exc)) from None

@@ -38,22 +38,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from blockfp8 import envs, platform
-    from blockfp8.backends.explain import explain, render_text
+    from blockfp8.backends.explain import explain, layer_choices, render_layer_choices, render_text
     from blockfp8.cli.args import write_json_output
 
     envs.validate_all()  # a bad BLOCKFP8_* value is a usage error (exit 2) before anything else
     config, hf_config = _config(args)
+    layers: list = []
     if args.audit:
-        config = _with_audit(config, args.audit)
+        config, layers = _with_audit(config, args.audit)
     plat = platform.detect(arch=args.arch)
     n, k, experts, has_moe = _layer(args, hf_config)
     explanation = explain(config, plat, n, k, moe=has_moe, num_experts=experts)
+    choices = layer_choices(layers, config, plat) if layers else []
     if args.json is not None:
-        wrote = write_json_output(args.json, explanation.as_dict())
+        wrote = write_json_output(args.json, {**explanation.as_dict(), "layers": [c.as_dict() for c in choices]})
         if wrote:
             print(f"wrote {wrote}")
     else:
         print(render_text(explanation))
+        if choices:
+            print("\n" + "\n".join(render_layer_choices(choices)))
     return 1 if explanation.failed else 0
 
 
@@ -76,18 +80,25 @@ def _config(args: argparse.Namespace) -> tuple[BlockFP8Config, dict]:
         raise UsageError(str(exc)) from None
 
 
-def _with_audit(config: BlockFP8Config, report: str) -> BlockFP8Config:
-    """``config`` fed the UE8M0 verdict of an audit report (its model type when the config names none)."""
+def _with_audit(config: BlockFP8Config, report: str) -> tuple[BlockFP8Config, list[tuple[str, int, int]]]:
+    """``config`` fed the UE8M0 verdict (and per-layer plan) of an audit report (its model type when the config
+    names none), and the report's dense layers ``(name, N, K)`` of a model-level audit."""
     from dataclasses import replace
+    from pathlib import Path
 
+    from blockfp8.audit.report import REPORT_JSON, AuditReport
     from blockfp8.audit.verdict import VerdictError, load_verdict
     from blockfp8.cli.args import UsageError
 
     try:
         verdict = load_verdict(report)
+        path = Path(report) / REPORT_JSON if Path(report).is_dir() else Path(report)
+        audited = AuditReport.load(path)
     except VerdictError as exc:
         raise UsageError(f"--audit: {exc}") from None
-    return replace(config, audit=verdict, model_type=config.model_type or verdict.model_type)
+    layers = [] if audited.level == "checkpoint" else [(r["name"], *r["shape"]) for r in audited.layers
+                                                        if "shape" in r]
+    return replace(config, audit=verdict, model_type=config.model_type or verdict.model_type), layers
 
 
 def _layer(args: argparse.Namespace, hf_config: dict) -> tuple[int, int, int, bool]:

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("blockfp8.cli.quantize_cmd", "bf16/fp32 safetensors model folder -> block-FP8 checkpoint folder"),
     "audit": ("blockfp8.cli.audit_cmd", "measure the UE8M0-vs-float32 error of a model layer by layer"),
     "check": ("blockfp8.cli.check_cmd", "will this model lose accuracy with UE8M0 scales? verdict, numbers, selection"),
+    "calibrate": ("blockfp8.cli.calibrate_cmd", "calibrate the task-level verdict on your own audit + eval runs"),
     "eval": ("blockfp8.cli.eval_cmd", "accuracy of FP8 variants vs a baseline: GSM8K, LAMBADA, from a YAML config"),
     "bench": ("blockfp8.cli.bench_cmd", "benchmark GEMM / quant / MoE / model kernels against their peers"),
     "tune": ("blockfp8.cli.tune_cmd", "regenerate the tuned Triton configs and per-shape dispatch table"),

@@ -16,6 +16,7 @@ without --overwrite); interrupted (Ctrl-C, SIGTERM) 130/143, also with nothing l
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from blockfp8.cli.args import BLOCK_SIDES, add_output_arguments, block_size
 
@@ -31,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-fmt", choices=("float32", "ue8m0"), default="float32",
                    help="block scale format: float32 (block max lands on 448) or ue8m0 (powers of two, written as "
                         "float32 values with scale_fmt: ue8m0 in the config); default float32")
+    p.add_argument("--plan", metavar="REPORT",
+                   help="an audit report.json with a per-layer plan: the plan's UE8M0 layers get power-of-two scales, "
+                        "its float32 layers (and layers it did not audit) float32 scales")
     p.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
                    help="leave matching modules unquantized (repeatable): a module name (also matches modules "
                         "under it and ending in it), a glob (*.mlp.down_proj) or re:REGEX")
@@ -52,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     if Path(args.dst).exists() and not args.overwrite:
         raise UsageError(f"DST {args.dst}: already exists; pass --overwrite to replace it")
+    if args.plan and args.scale_fmt != "float32":
+        raise UsageError("--plan chooses the scale format per layer: drop --scale-fmt")
     gguf = is_gguf(args.src)
     if not gguf and not Path(args.src).is_dir():
         raise UsageError(f"SRC {args.src}: not a model folder (expected a folder with config.json and "
@@ -61,12 +67,13 @@ def run(args: argparse.Namespace) -> int:
             if not gguf:  # the paths and config.json first: a bad one fails before transformers is even imported
                 check_destination(args.src, args.dst, args.overwrite)
                 check_model_sizes(read_config_json(args.src), Path(args.src) / "config.json")
+            ue8m0 = _plan_weights(args.plan) if args.plan else ()
             src = str(export_float_folder(args.src, Path(tmp) / "bf16")) if gguf else args.src
             from blockfp8.nn.load import ModelTensorSelector
 
             selector = ModelTensorSelector(src, args.ignore)
             report = quantize_checkpoint(src, args.dst, selector, block_size=args.block, scale_fmt=args.scale_fmt,
-                                         overwrite=args.overwrite, progress=not args.quiet)
+                                         overwrite=args.overwrite, progress=not args.quiet, ue8m0_weights=ue8m0)
             consumers = check_consumers(checkpoint_shapes(report.dst, report.quantized), report.block_size)
         except ModelNotFoundError as exc:
             raise UsageError(str(exc)) from None
@@ -83,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {report.dst}: {len(report.quantized)} weights quantized to FP8 (block {list(report.block_size)}, "
           f"{report.scale_fmt} scales), {len(report.kept)} tensors copied as is; "
           f"{report.bytes_in / 2**20:.1f} MiB -> {report.bytes_out / 2**20:.1f} MiB", file=out)
+    if report.ue8m0_weights:
+        print(f"per-layer plan: {len(report.ue8m0_weights)} weights with power-of-two (UE8M0) scales, "
+              f"{len(report.quantized) - len(report.ue8m0_weights)} with float32 scales", file=out)
     if report.skipped_modules:
         shown = ", ".join(report.skipped_modules[:6]) + (" ..." if len(report.skipped_modules) > 6 else "")
         print(f"left in high precision ({len(report.skipped_modules)}): {shown}", file=out)
@@ -93,3 +103,20 @@ def run(args: argparse.Namespace) -> int:
     for line in consumers.lines():
         print(line, file=out)
     return 0
+
+
+def _plan_weights(path: str) -> set[str]:
+    """The weight tensors a report's plan lets run with UE8M0 scales: every audited layer not on float32 scales."""
+    from blockfp8.audit.report import REPORT_JSON, AuditReport
+    from blockfp8.audit.verdict import VerdictError
+    from blockfp8.formats import CheckpointError
+
+    report_path = Path(path) / REPORT_JSON if Path(path).is_dir() else Path(path)
+    try:
+        report = AuditReport.load(report_path)
+    except VerdictError as exc:
+        raise CheckpointError(str(exc)) from None
+    if report.plan is None:
+        raise CheckpointError("field plan is missing: audit with --e2e (and without --no-plan)", file=report_path)
+    float32 = set(report.plan["float32_layers"])
+    return {f"{r['name']}.weight" for r in report.layers if r["name"] not in float32}

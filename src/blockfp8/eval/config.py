@@ -8,6 +8,8 @@ turns it into exit code 2. Fields (``*`` = required)::
     variants*         list of {name*, blockfp8, accuracy_threshold*, tolerance}
                         blockfp8: null/absent = the unquantized baseline in `dtype`; otherwise a mapping of
                         BlockFP8Config fields (scale_fmt, linear_backend, use_deep_gemm, weight_block_size, ...)
+                        or {plan: REPORT}: an audit report.json with a per-layer plan (relative to the config's
+                        folder): its float32 layers get float32 scales, every other layer UE8M0 scales
                         tolerance: default 0.08 (vLLM's default); a variant passes when
                         accuracy >= accuracy_threshold - tolerance
     num_questions     first N items of the task (default: all: gsm8k 1319, lambada 5153)
@@ -43,6 +45,8 @@ MAX_DEPTH = 16  # the deepest field is variants[i].blockfp8.weight_block_size: 4
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # BlockFP8Config fields that have no plain YAML form.
 _NOT_FROM_YAML = ("audit",)
+# A plan variant's keys: ``plan`` (the report, as written) and the float32 layers read from it.
+_PLAN_KEYS = ("plan", "plan_float32_layers")
 
 
 class EvalConfigError(ValueError):
@@ -56,13 +60,20 @@ class Variant:
     accuracy_threshold: float
     tolerance: float = DEFAULT_TOLERANCE
 
+    @property
+    def plan_layers(self) -> frozenset[str] | None:
+        """The layers a plan variant keeps on float32 scales (None: not a plan variant)."""
+        if not self.blockfp8 or "plan" not in self.blockfp8:
+            return None
+        return frozenset(self.blockfp8["plan_float32_layers"])
+
     def quant_config(self):
-        """The BlockFP8Config for this variant, or None for the baseline."""
+        """The BlockFP8Config for this variant, or None for the baseline (a plan variant: its other fields)."""
         if self.blockfp8 is None:
             return None
         from blockfp8.config import BlockFP8Config
 
-        return BlockFP8Config(**self.blockfp8)
+        return BlockFP8Config(**{k: v for k, v in self.blockfp8.items() if k not in _PLAN_KEYS})
 
     def passes(self, accuracy: float) -> bool:
         return accuracy >= self.accuracy_threshold - self.tolerance
@@ -203,7 +214,7 @@ def parse_config(raw: Any, source: str = "<config>") -> EvalConfig:
     variants_raw = raw["variants"]
     if not isinstance(variants_raw, list) or not variants_raw:
         raise fail("variants", "must be a non-empty list of variants")
-    variants = tuple(_variant(v, f"variants[{i}]", fail) for i, v in enumerate(variants_raw))
+    variants = tuple(_variant(v, f"variants[{i}]", fail, Path(source).parent) for i, v in enumerate(variants_raw))
     names = [v.name for v in variants]
     for i, name in enumerate(names):
         if name in names[:i]:
@@ -231,7 +242,7 @@ def parse_config(raw: Any, source: str = "<config>") -> EvalConfig:
     )
 
 
-def _variant(raw: Any, where: str, fail) -> Variant:
+def _variant(raw: Any, where: str, fail, folder: Path) -> Variant:
     if not isinstance(raw, dict):
         raise fail(where, f"a variant must be a mapping with fields {', '.join(sorted(_VARIANT_FIELDS))}")
     unknown = sorted(set(map(str, raw)) - _VARIANT_FIELDS)
@@ -245,13 +256,13 @@ def _variant(raw: Any, where: str, fail) -> Variant:
         raise fail(f"{where}.name", f"{quote(name)} must be letters, digits and _ . + - (it names JSON keys and files)")
     return Variant(
         name=name,
-        blockfp8=_blockfp8(raw.get("blockfp8"), f"{where}.blockfp8", fail),
+        blockfp8=_blockfp8(raw.get("blockfp8"), f"{where}.blockfp8", fail, folder),
         accuracy_threshold=_fraction(raw["accuracy_threshold"], f"{where}.accuracy_threshold", fail),
         tolerance=_fraction(raw.get("tolerance", DEFAULT_TOLERANCE), f"{where}.tolerance", fail),
     )
 
 
-def _blockfp8(raw: Any, where: str, fail) -> dict[str, Any] | None:
+def _blockfp8(raw: Any, where: str, fail, folder: Path) -> dict[str, Any] | None:
     """Check the settings against BlockFP8Config now, so a bad field fails before any model is loaded."""
     if raw is None:
         return None
@@ -260,14 +271,41 @@ def _blockfp8(raw: Any, where: str, fail) -> dict[str, Any] | None:
     from blockfp8.config import BlockFP8Config, ConfigError
 
     valid = sorted(f.name for f in dataclasses.fields(BlockFP8Config) if f.name not in _NOT_FROM_YAML)
+    raw = dict(raw)
+    if "plan" in raw:
+        if "scale_fmt" in raw:
+            raise fail(f"{where}.scale_fmt", "a plan variant takes its scale formats from the plan")
+        raw["plan_float32_layers"] = _plan_layers(raw["plan"], f"{where}.plan", fail, folder)
     for key in map(str, raw):
-        if key not in valid:
-            raise fail(f"{where}.{key}", f"unknown BlockFP8Config field; valid fields: {', '.join(valid)}")
+        if key not in valid and key not in _PLAN_KEYS:
+            raise fail(f"{where}.{key}", f"unknown BlockFP8Config field; valid fields: plan, {', '.join(valid)}")
     try:
-        BlockFP8Config(**raw)
+        BlockFP8Config(**{k: v for k, v in raw.items() if k not in _PLAN_KEYS})
     except (ConfigError, TypeError, ValueError) as exc:
         raise fail(where, str(exc)[:300]) from None
     return dict(raw)
+
+
+def _plan_layers(value: Any, where: str, fail, folder: Path) -> list[str]:
+    """The float32 layers of an audit report's plan (read as plain JSON: the report's ``plan.float32_layers``)."""
+    import json
+
+    if not isinstance(value, str) or not value.strip():
+        raise fail(where, f"must be the path of an audit report.json with a plan, got {value!r}")
+    path = Path(value) if Path(value).is_absolute() else folder / value
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise fail(where, f"{path}: cannot read ({exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise fail(where, f"{path}: not valid JSON ({exc})") from None
+    plan = report.get("plan") if isinstance(report, dict) else None
+    layers = plan.get("float32_layers") if isinstance(plan, dict) else None
+    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
+        raise fail(where, f"{path}: field plan.float32_layers is missing (audit with --e2e and a plan)")
+    return layers
 
 
 def _check_model(model: str, fail) -> None:

@@ -42,9 +42,33 @@ def build_variant(base_model, variant: Variant, device: str, copy_model: bool):
             from blockfp8.nn import quantize_model
         except ImportError as exc:
             raise EvalError(f"variant {variant.name!r} needs blockfp8.nn.quantize_model: {exc}") from exc
-        report = quantize_model(model, qcfg)
+        if variant.plan_layers is None:
+            report = quantize_model(model, qcfg)
+        else:
+            report = _quantize_plan(model, qcfg, variant, quantize_model)
     model.eval()
     return model, report
+
+
+def _quantize_plan(model, qcfg, variant: Variant, quantize_model):
+    """A plan variant: UE8M0 scales (weights and activations) everywhere but the plan's float32 layers, which are
+    quantized in a second pass (``quantize_model`` converts only what is still float)."""
+    from dataclasses import replace
+
+    f32 = variant.plan_layers
+    first = quantize_model(model, replace(qcfg, scale_fmt="ue8m0", ignored_layers=(*qcfg.ignored_layers, *f32)))
+    second = quantize_model(model, replace(qcfg, scale_fmt="float32"))
+    missing = sorted(f32 - set(second.converted))
+    if missing:
+        raise EvalError(f"variant {variant.name!r}: the plan names layers this model does not quantize: "
+                        f"{', '.join(missing[:3])}")
+    first.converted += second.converted
+    first.backends.update(second.backends)
+    first.bytes_before += second.bytes_before
+    first.bytes_after += second.bytes_after
+    first.weight_scale_fmt = f"plan: ue8m0, float32 for {len(f32)} layers"
+    first.skipped = {k: v for k, v in first.skipped.items() if k not in f32}
+    return first
 
 
 def _summarize_quantization(report) -> dict | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -66,10 +66,12 @@ class QuantizeCheckpointReport:
     not_copied: dict[str, str] = field(default_factory=dict)
     bytes_in: int = 0
     bytes_out: int = 0
+    ue8m0_weights: list[str] = field(default_factory=list)  # a per-layer plan: weights given power-of-two scales
 
     def as_dict(self) -> dict:
         return {
             "src": self.src, "dst": self.dst, "block_size": list(self.block_size), "scale_fmt": self.scale_fmt,
+            "ue8m0_weights": list(self.ue8m0_weights),
             "quantized": list(self.quantized), "kept": dict(self.kept), "skipped_modules": list(self.skipped_modules),
             "copied_files": list(self.copied_files), "not_copied": dict(self.not_copied),
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
@@ -147,7 +149,8 @@ def _plan(ckpt: SafetensorsCheckpoint, selector: TensorSelector, block_size: tup
 
 
 def _write_shard(ckpt: SafetensorsCheckpoint, src_file: Path, out_file: Path, rows: list[tuple[str, bool]],
-                 block_size: tuple[int, int], scale_fmt: str, on_tensor: Callable[[int], None]) -> list[str]:
+                 block_size: tuple[int, int], scale_fmt: str, on_tensor: Callable[[int], None],
+                 ue8m0_weights: Collection[str] = ()) -> list[str]:
     entries = []
     for name, quantize in rows:
         info = ckpt.info(name)
@@ -159,7 +162,9 @@ def _write_shard(ckpt: SafetensorsCheckpoint, src_file: Path, out_file: Path, ro
             entries.append((name, info.dtype, info.shape))
     meta = dict(ckpt.metadata.get(src_file, {}))
     meta["format"] = "pt"
-    meta["blockfp8_quantized"] = json.dumps({"block_size": list(block_size), "scale_fmt": scale_fmt})
+    mine = sorted(n for n, q in rows if q and n in ue8m0_weights)
+    meta["blockfp8_quantized"] = json.dumps({"block_size": list(block_size), "scale_fmt": scale_fmt,
+                                             **({"ue8m0_weights": mine} if mine else {})})
     writer = StreamingSafetensorsWriter(out_file, entries, metadata=meta)
     try:
         for name, quantize in rows:
@@ -170,7 +175,8 @@ def _write_shard(ckpt: SafetensorsCheckpoint, src_file: Path, out_file: Path, ro
                                       tensor=name)
             if quantize:
                 try:
-                    q, s = ref.quantize_weight(t, block_size, scale_fmt, name=name)
+                    fmt = "ue8m0" if name in ue8m0_weights else scale_fmt
+                    q, s = ref.quantize_weight(t, block_size, fmt, name=name)
                 except ref.QuantError as exc:
                     raise CheckpointError(str(exc), file=src_file, tensor=name) from None
                 writer.write(name, q)
@@ -196,8 +202,13 @@ def quantize_checkpoint(
     scale_fmt: str = "float32",
     overwrite: bool = False,
     progress: bool = True,
+    ue8m0_weights: Collection[str] = (),
 ) -> QuantizeCheckpointReport:
-    """Quantize the model folder ``src`` into a new block-FP8 folder ``dst`` (see the module docstring)."""
+    """Quantize the model folder ``src`` into a new block-FP8 folder ``dst`` (see the module docstring).
+
+    ``ue8m0_weights`` (a per-layer plan): weights quantized with power-of-two (UE8M0) scales while the rest use
+    ``scale_fmt``. The scales stay float32 tensors, so every reader takes them as ordinary block scales; the
+    config says ``scale_fmt: ue8m0`` only when every weight has it."""
     block_size = ref.normalize_block_size(block_size)
     if scale_fmt not in ref.SCALE_FMTS:
         raise CheckpointError(f"scale_fmt={scale_fmt!r} is not valid; valid values: {', '.join(ref.SCALE_FMTS)}")
@@ -211,13 +222,18 @@ def quantize_checkpoint(
         plan = _plan(ckpt, selector, block_size, report)
         if not report.quantized:
             raise CheckpointError("no tensor selected for quantization (every linear layer ignored?)", file=src)
+        report.ue8m0_weights = [n for n in report.quantized if n in set(ue8m0_weights)]
+        if ue8m0_weights and not report.ue8m0_weights:
+            raise CheckpointError("the plan's UE8M0 layers name no weight this checkpoint quantizes (another "
+                                  "model's plan?)", file=src)
         report.skipped_modules = sorted(selector.skipped_modules())
         report.bytes_in = sum(ckpt.info(n).nbytes for n in ckpt.names())
         extra = _extra_files(src, {f.name for f in ckpt.files} | {INDEX_FILE, CONFIG_FILE}, report)
         atomic.reclaim_stale(dst)
         tmp = atomic.partial_folder(dst)
         try:
-            _write_folder(ckpt, plan, tmp, config, extra, block_size, scale_fmt, report, progress)
+            _write_folder(ckpt, plan, tmp, config, extra, block_size, scale_fmt, report, progress,
+                          frozenset(ue8m0_weights))
             atomic.publish_folder(tmp, dst, overwrite=overwrite)
         except FileExistsError as exc:
             raise CheckpointError(exc.strerror, file=dst) from None
@@ -232,14 +248,14 @@ def quantize_checkpoint(
 
 def _write_folder(ckpt: SafetensorsCheckpoint, plan: dict[Path, list[tuple[str, bool]]], tmp: Path, config: dict,
                   extra: list[Path], block_size: tuple[int, int], scale_fmt: str, report: QuantizeCheckpointReport,
-                  progress: bool) -> None:
+                  progress: bool, ue8m0_weights: Collection[str] = ()) -> None:
     """Everything DST will hold, written into ``tmp``: the shards, the index, the copied files, config.json."""
     from blockfp8.log import Progress
 
     weight_map: dict[str, str] = {}
     with Progress("quantizing", report.bytes_in, "MiB", enabled=progress, scale=2**20) as bar:
         for f, rows in plan.items():
-            names = _write_shard(ckpt, f, tmp / f.name, rows, block_size, scale_fmt, bar.update)
+            names = _write_shard(ckpt, f, tmp / f.name, rows, block_size, scale_fmt, bar.update, ue8m0_weights)
             weight_map.update({n: f.name for n in names})
     report.bytes_out = sum((tmp / f.name).stat().st_size for f in plan)
     if ckpt.index_path is not None:

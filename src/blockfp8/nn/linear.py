@@ -218,7 +218,7 @@ class BlockFP8Linear(nn.Module):
             raise ValueError(f"{label}: weights were never loaded")
         check_loaded_scales(self.weight_scale_inv, f"{label}.weight_scale_inv")
         platform = runtime_platform(self.weight.device, platform)
-        decision = select.resolve(self.problem(), self.config, platform, kind="linear")
+        decision = select.resolve(self.problem(), self.config, platform, kind="linear", layer=self.name or None)
         select.log_decision(decision)
         backend = select.get_backend(decision.backend)
         self.prepared = backend.prepare_weight(self.weight.data, self.weight_scale_inv.data, decision,

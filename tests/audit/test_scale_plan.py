@@ -1,0 +1,142 @@
+"""The per-layer scale-format plan (audit.scale_plan) on a tiny random Llama with one outlier layer: the simulator
+runs a mixed plan exactly, the search keeps the fewest worst layers within tolerance, the report carries the
+documented ``plan`` object."""
+
+import json
+
+import pytest
+import torch
+
+from blockfp8.audit import calibrated, e2e, scale_plan
+from blockfp8.audit import run as levels
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=256, intermediate_size=384, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.05)
+        model.model.layers[1].input_layernorm.weight[7] = 60.0  # q/k/v of layer 1 read a dominant channel
+    return model
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, 96, (4, 24), generator=torch.Generator().manual_seed(1))
+
+
+def test_mixed_plan_is_exact_at_both_ends(tiny_llama, ids):
+    sim = e2e.FP8Simulator(tiny_llama)
+    names = [n for n, _ in sim.modules]
+    with torch.no_grad():
+        for fmt, layers in (("float32", names), ("ue8m0", [])):
+            with sim.active(fmt):
+                want = tiny_llama(input_ids=ids).logits
+            with sim.active_plan(layers):
+                assert torch.equal(tiny_llama(input_ids=ids).logits, want), fmt
+        with sim.active_plan(names[:1]):  # one layer on float32 scales differs from both
+            mixed = tiny_llama(input_ids=ids).logits
+        assert not torch.equal(mixed, want)
+    with pytest.raises(ValueError, match="not.a.layer"):
+        sim.active_plan(["not.a.layer"]).__enter__()
+
+
+def test_search_keeps_the_worst_layers_within_tolerance(tiny_llama, ids):
+    rows = [r.as_dict() for r in calibrated.audit_calibrated(tiny_llama, ids)[0]]
+    ranked = scale_plan.rank_layers(rows)
+    assert ranked[0].startswith("model.layers.1.self_attn.")  # the outlier layers lose most
+    sim = e2e.FP8Simulator(tiny_llama)
+    selection = scale_plan.SelectionSet(tiny_llama, ids, sim, batch_size=2)
+    assert selection.kl_ue8m0 > selection.kl_fp32 > 0
+    tol = scale_plan.PlanTolerance(0.2)
+    f32, steps = scale_plan.choose(rows, selection, tol)
+    assert f32 == ranked[: len(f32)] and 0 < len(f32) < len(rows)
+    by_k = {s["float32_layers"]: s["share"] for s in steps}
+    assert by_k[len(f32)] <= tol.kl_share < by_k[len(f32) - 1]  # measured: within, and one fewer is not
+    assert selection.kl(f32) == pytest.approx(selection.kl_fp32 + by_k[len(f32)] * (selection.kl_ue8m0 -
+                                                                                    selection.kl_fp32))
+    assert scale_plan.choose(rows, selection, scale_plan.PlanTolerance(1.0))[0] == []
+    all_f32 = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.0))[0]
+    assert len(all_f32) >= len(f32)
+    # a FLOP floor caps the plan: best effort when the tolerance cannot be met above it
+    floor = scale_plan.ue8m0_flop_share(rows, set(f32[:1])) + 1e-9
+    capped, steps = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.0, min_ue8m0_flop_share=floor))
+    assert capped == [] and scale_plan.ue8m0_flop_share(rows, set(capped)) >= floor
+    loose = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.2, min_ue8m0_flop_share=0.0))[0]
+    assert loose == f32
+
+
+def test_flop_share_weighs_shape_and_tokens():
+    rows = [{"name": "a", "shape": [100, 200], "tokens": 10}, {"name": "b", "shape": [300, 200], "tokens": 10}]
+    assert scale_plan.ue8m0_flop_share(rows, {"a"}) == pytest.approx(0.75)
+    assert scale_plan.ue8m0_flop_share(rows, set()) == 1.0
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "x"])
+def test_bad_tolerance_is_named(bad):
+    with pytest.raises(ValueError, match="kl_share"):
+        scale_plan.PlanTolerance(bad)
+    with pytest.raises(ValueError, match="min_ue8m0_flop_share"):
+        scale_plan.PlanTolerance(0.2, min_ue8m0_flop_share=bad)
+    with pytest.raises(ValueError, match="ranking 'x'"):
+        scale_plan.PlanTolerance(0.2, rank="x")
+
+
+def test_report_carries_the_plan_contract(tiny_llama, tmp_path):
+    class Tok:
+        def __call__(self, s, add_special_tokens=False):
+            return {"input_ids": [ord(c) % 96 for c in s]}
+
+    report = levels.audit_model(tiny_llama, Tok(), "tiny", calib=3, seq_len=16, eval_windows=4, n_boot=100,
+                                plan=scale_plan.PlanTolerance(0.2), plan_windows=2)
+    data = json.loads(json.dumps(report.to_dict()))
+    plan = data["plan"]
+    assert list(data).index("plan") == list(data).index("e2e") + 1
+    assert set(plan["float32_layers"]) <= {r["name"] for r in data["layers"]}
+    assert 0 < plan["ue8m0_flop_share"] <= 1 and plan["selection"]["tokens"] == 2 * 16
+    for key in ("kl_increase_pct", "ppl_increase_pct"):
+        lo, hi = plan["e2e"][key]["ci"]
+        assert lo <= plan["e2e"][key]["value"] <= hi
+        assert plan["e2e"]["all_ue8m0"][key]["value"] == pytest.approx(100 * data["e2e"]["ue8m0_vs_fp32"][
+            key.removesuffix("_pct")])
+    assert plan["e2e"]["kl_increase_pct"]["value"] == pytest.approx(100 * data["e2e"]["plan_vs_fp32"]["kl_increase"])
+    assert plan["within_tolerance"] == (plan["e2e"]["kl_share_of_ue8m0"] <= 0.2)
+    assert "plan" in data["summary"]["prediction"] and "ue8m0" in data["summary"]["prediction"]
+    assert "plan_s" in data["run"]
+
+
+def test_fisher_sensitivity_equals_the_direct_computation(tiny_llama, ids):
+    from blockfp8.audit import sensitivity
+    from blockfp8.quant import reference as ref
+
+    scores = sensitivity.fisher_sensitivity(tiny_llama, ids, batch_size=4)
+    assert all(p.grad is None and p.requires_grad for p in tiny_llama.parameters())  # frozen only meanwhile
+    assert len(scores) == 14 and all(torch.isfinite(torch.tensor(v)) for v in scores.values())
+    layer = tiny_llama.model.layers[1].self_attn.k_proj
+    seen = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        seen.update(x=inputs[0].detach(), y=output)
+
+    h = layer.register_forward_hook(keep)
+    emb = tiny_llama.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = tiny_llama(inputs_embeds=emb).logits.float()
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 96), ids[:, 1:].reshape(-1), reduction="sum")
+    loss.backward()
+    h.remove()
+    x, g = seen["x"].reshape(-1, 256), seen["y"].grad.reshape(-1, layer.out_features)
+    want = 0.0
+    for f, sign in (("ue8m0", 1), ("float32", -1)):
+        d = ref.gemm_reference(*ref.quantize_act(x, 128, f), *ref.quantize_weight(layer.weight.detach(), (128, 128), f),
+                               out_dtype=torch.float32) - x @ layer.weight.detach().t()
+        want += sign * float(((g * d).sum(-1).double() ** 2).sum())
+    assert scores["model.layers.1.self_attn.k_proj"] == pytest.approx(want, rel=1e-6)
+    tiny_llama.zero_grad(set_to_none=True)
