@@ -122,11 +122,12 @@ def _fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return ratio, sd
 
 
-def _boundary(harmless: Sequence[float], harmful: Sequence[float]) -> tuple[float, bool]:
+def _boundary(harmless: Sequence[float], harmful: Sequence[float], sd: float) -> tuple[float, bool]:
     """The cut on predicted loss that misclassifies fewest points (midpoint between neighbours), and whether it
-    misclassifies none. Without harmful points: above every harmless loss (nothing measured was harmful)."""
+    misclassifies none. Without harmful points nothing measured was harmful: the largest harmless loss (at least 0)
+    plus 1.96 ``sd``, the prediction's own noise."""
     if not harmful:
-        return (max(harmless) if harmless else 0.0) * 2 + 1e-9, True
+        return max([0.0, *harmless]) + Z95 * sd, True
     if not harmless:
         return min(harmful) / 2, True
     values = sorted(set(harmless) | set(harmful))
@@ -152,11 +153,12 @@ def calibrate(points: Sequence[Mapping[str, Any]], task: str) -> TaskCalibration
                  for p in with_ppl] or [0.0]
     losses = [-acc_ratio * a for a in a_acc]
     harmful = [p["task_delta"]["mcnemar_p"] < ALPHA and p["task_delta"]["acc_change_pp"] < 0 for p in mine]
-    boundary, separable = _boundary([x for x, h in zip(losses, harmful, strict=True) if not h],
-                                    [x for x, h in zip(losses, harmful, strict=True) if h])
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    acc_sd = math.hypot(acc_resid, mean(acc_noise))
+    boundary, separable = _boundary([x for x, h in zip(losses, harmful, strict=True) if not h],
+                                    [x for x, h in zip(losses, harmful, strict=True) if h], acc_sd)
     return TaskCalibration(task=task, points=len(mine), acc_ratio=acc_ratio,
-                           acc_sd=math.hypot(acc_resid, mean(acc_noise)), ppl_ratio=ppl_ratio,
+                           acc_sd=acc_sd, ppl_ratio=ppl_ratio,
                            ppl_sd=math.hypot(ppl_resid, mean(ppl_noise)), loss_boundary_pp=boundary,
                            separable=separable, models=tuple(dict.fromkeys(p["model"] for p in mine)))
 
