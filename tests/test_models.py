@@ -10,7 +10,7 @@ import yaml
 pytest.importorskip("transformers")
 
 from blockfp8.cli.main import main  # noqa: E402
-from blockfp8.models import ModelError, ModelNotFoundError, load_causal_lm  # noqa: E402
+from blockfp8.models import ModelError, ModelNotFoundError, checkpoint_block, load_causal_lm  # noqa: E402
 from blockfp8.nn import BlockFP8Linear, load_fp8_checkpoint  # noqa: E402
 from blockfp8.quant import reference as ref  # noqa: E402
 
@@ -84,6 +84,12 @@ def test_every_model_command_takes_our_fp8_output(folders, tmp_path, capsys):
     assert main(["audit", "--model", str(fp8), "--weights-only", "--json", "-", "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["summary"]["verdict"] in ("safe", "unsafe") and len(out["layers"]) == 14
+    assert checkpoint_block(str(float_folder)) is None and checkpoint_block("smollm2") is None
+    fp8_64 = tmp_path / "fp8-64"
+    assert main(["quantize", str(float_folder), str(fp8_64), "--block", "64", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["audit", "--model", str(fp8_64), "--weights-only", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["block_size"] == [64, 64]  # audited with the folder's own block
     assert main(["check", "--model", str(fp8), "--calib", "1", "--eval", "2", "--seq-len", "16", "--bootstrap",
                  "20", "--device", "cpu", "--out", str(tmp_path / "check"), "--quiet"]) == 0
     assert "verdict for UE8M0 scales" in capsys.readouterr().out

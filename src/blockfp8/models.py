@@ -185,6 +185,20 @@ def _quant_method(config: dict) -> str | None:
     return None if qc is None else str(qc.get("quant_method", "unknown"))
 
 
+def checkpoint_block(name_or_path: str) -> tuple[int, int] | None:
+    """The ``weight_block_size`` of a block-FP8 model folder (what an audit of it should quantize with), else None."""
+    folder = Path(str(name_or_path))
+    if is_gguf(name_or_path) or not (folder / "config.json").is_file():
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    qc = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config") or {}
+    block = qc.get("weight_block_size")
+    return (int(block[0]), int(block[1])) if isinstance(block, list) and len(block) == 2 else None
+
+
 def _load_fp8_dequantized(folder: Path, dtype, device: str):
     """A block-FP8 folder as a float model: every FP8 layer becomes an ``nn.Linear`` holding its dequantized
     weight (FP8 value x block scale, exact in float32, then ``dtype``)."""

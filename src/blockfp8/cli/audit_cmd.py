@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from blockfp8.audit.report import write_report_folder
     from blockfp8.cli.args import human_stream, write_json_output
     from blockfp8.formats.errors import CheckpointError
-    from blockfp8.models import ModelError, ModelNotFoundError, load_causal_lm
+    from blockfp8.models import ModelError, ModelNotFoundError, checkpoint_block, load_causal_lm
 
     _check_combination(args)
     for target, folder in ((args.json, False), (args.report, True)):
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                 return 0
         else:
             model, tokenizer = load_causal_lm(args.model, dtype=args.dtype, device=device)
-            block = args.block or (128, 128)
+            block = args.block or checkpoint_block(args.model) or (128, 128)  # an FP8 folder: its own block
             if args.weights_only:
                 report = levels.audit_model_weights(model, args.model, block=block, thresholds=thresholds,
                                                     device=device, progress=progress)

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from blockfp8.audit.report import write_report_folder
     from blockfp8.cli.args import UsageError, human_stream, write_json_output
     from blockfp8.formats.errors import CheckpointError
-    from blockfp8.models import ModelError, ModelNotFoundError, load_causal_lm
+    from blockfp8.models import ModelError, ModelNotFoundError, checkpoint_block, load_causal_lm
 
     atomic.check_target(args.out, folder=True)  # fail now, not after the audit
     thresholds = thresholds_from_args(args)
@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         if model_name:
             model, tokenizer = load_causal_lm(model_name, dtype=args.dtype, device=device)
             mr = levels.audit_model(model, tokenizer, model_name, calib=args.calib, seq_len=args.seq_len,
+                                    block=checkpoint_block(model_name) or (128, 128),
                                     eval_windows=args.eval, thresholds=thresholds, device=device,
                                     batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress,
                                     plan=plan, plan_windows=args.plan_windows, verdict=verdict)
