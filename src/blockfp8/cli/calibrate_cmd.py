@@ -16,6 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="`blockfp8 eval --json` results of the same model (repeatable)")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="calibration file to write")
     p.add_argument("--append", action="store_true", help="keep the points already in FILE")
+    from blockfp8.cli.args import add_output_arguments
+
+    add_output_arguments(p, "the points and what they calibrate to")
 
 
 def _read_json(path, what: str):
@@ -32,10 +35,12 @@ def _read_json(path, what: str):
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    from dataclasses import asdict, is_dataclass
     from pathlib import Path
 
     from blockfp8 import atomic
     from blockfp8.audit.predict import calibrate, leave_one_out, load_points
+    from blockfp8.cli.args import human_stream, write_json_output
     from blockfp8.eval.calibration import SCHEMA, calibration_points
 
     audit = Path(args.audit)
@@ -56,7 +61,14 @@ def run(args: argparse.Namespace) -> int:
     data = {"schema": SCHEMA,
             "about": "Calibration points of the task-level UE8M0 verdict (blockfp8 calibrate; docs/audit.md)",
             "points": points}
-    print(f"wrote {atomic.write_json(args.out, data)}: {len(points)} points")
+    out = human_stream(args)
+    print(f"wrote {atomic.write_json(args.out, data)}: {len(points)} points", file=out)
+    if args.json is not None:
+        cal = [asdict(c) if is_dataclass(c) else vars(c) for c in calibrations]
+        wrote = write_json_output(args.json, {**data, "calibrations": cal})
+        if wrote:
+            print(f"wrote {wrote}", file=out)
+        return 0
     for c in calibrations:
         print(f"  {c.task}: task accuracy change = {c.acc_ratio:.3f} x audit next-token accuracy change "
               f"(sd {c.acc_sd:.2f} pp); perplexity {c.ppl_ratio:.3f} x (sd {c.ppl_sd:.2f}%); unsafe above a "
