@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     from blockfp8.models import ModelError, ModelNotFoundError, checkpoint_block, load_causal_lm
 
     _check_combination(args)
+    if args.model and args.weights_only and checkpoint_block(args.model):
+        # Already FP8: float32 scales reproduce its weights exactly, so the question is what requantizing its
+        # stored scales to UE8M0 costs: the checkpoint level.
+        args.path, args.model, args.weights_only = args.model, None, False
     thresholds = thresholds_from_args(args)
     device = resolve_device(args.device)
     progress = not args.quiet
