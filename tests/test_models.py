@@ -81,15 +81,18 @@ def _last_line(err: str) -> str:
 
 def test_every_model_command_takes_our_fp8_output(folders, tmp_path, capsys):
     float_folder, fp8 = folders
-    assert main(["audit", "--model", str(fp8), "--weights-only", "--json", "-", "--quiet"]) == 0
+    assert main(["audit", "--model", str(fp8), "--calib", "1", "--seq-len", "16", "--json", "-", "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["summary"]["verdict"] in ("safe", "unsafe") and len(out["layers"]) == 14
+    assert out["block_size"] == [128, 128]
     assert checkpoint_block(str(float_folder)) is None and checkpoint_block("smollm2") is None
     fp8_64 = tmp_path / "fp8-64"
     assert main(["quantize", str(float_folder), str(fp8_64), "--block", "64", "--quiet"]) == 0
     capsys.readouterr()
     assert main(["audit", "--model", str(fp8_64), "--weights-only", "--json", "--quiet"]) == 0
-    assert json.loads(capsys.readouterr().out)["block_size"] == [64, 64]  # audited with the folder's own block
+    report = json.loads(capsys.readouterr().out)  # already FP8: the checkpoint level, with the folder's own block
+    assert report["level"] == "checkpoint" and report["block_size"] == [64, 64]
+    assert report["summary"]["max_bits_lost"] < 16  # a real loss, not float32's exact reproduction (capped SNR)
     assert main(["check", "--model", str(fp8), "--calib", "1", "--eval", "2", "--seq-len", "16", "--bootstrap",
                  "20", "--device", "cpu", "--out", str(tmp_path / "check"), "--quiet"]) == 0
     assert "verdict for UE8M0 scales" in capsys.readouterr().out

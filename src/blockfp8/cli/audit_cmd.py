@@ -90,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
     from blockfp8.models import ModelError, ModelNotFoundError, checkpoint_block, load_causal_lm
 
     _check_combination(args)
+    if args.model and args.weights_only and checkpoint_block(args.model):
+        # Already FP8: float32 scales reproduce its weights exactly, so the question is what requantizing its
+        # stored scales to UE8M0 costs: the checkpoint level.
+        args.path, args.model, args.weights_only = args.model, None, False
     for target, folder in ((args.json, False), (args.report, True)):
         if target and target != "-":  # "-" is stdout
             atomic.check_target(target, folder=folder)  # fail now, not after the whole audit
