@@ -1,10 +1,10 @@
-"""The one error type of checkpoint reading and writing."""
+"""The one error type of checkpoint reading and writing, and the one bounded JSON read of a checkpoint file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from blockfp8.paths import InputError, quote
+from blockfp8.paths import InputError, check_depth, quote, read_bounded
 
 
 class CheckpointError(InputError):
@@ -21,3 +21,22 @@ class CheckpointError(InputError):
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
         self.file = None if file is None else str(file)
         self.tensor = tensor
+
+
+def read_json_file(file: Path, limit: int, what: str):
+    """The JSON value in ``file`` (at most ``limit`` bytes, bounded nesting), or a :class:`CheckpointError`
+    naming the file and what is wrong with it (``what``: "model config", "safetensors index", ...)."""
+    import json
+
+    try:
+        data = json.loads(read_bounded(file, limit, what))
+        check_depth(data)
+    except InputError as exc:
+        raise CheckpointError(str(exc).removeprefix(f"{file}: "), file=file) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read it ({exc.strerror or exc})", file=file) from None
+    except RecursionError:
+        raise CheckpointError(f"JSON nested too deeply: not a {what}", file=file) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number of 4300+ digits
+        raise CheckpointError(f"not valid JSON ({quote(str(exc), 200)})", file=file) from None
+    return data

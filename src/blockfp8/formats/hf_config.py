@@ -7,15 +7,14 @@ count are handled the same way by the policy, the audit, the loader and the CLI.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from blockfp8.config import BlockFP8Config, ConfigError
-from blockfp8.formats.errors import CheckpointError
-from blockfp8.paths import InputError, check_depth, link_escapes, quote, read_bounded
+from blockfp8.formats.errors import CheckpointError, read_json_file
+from blockfp8.paths import link_escapes, quote
 
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few KB; refuse to parse anything absurd
@@ -53,17 +52,7 @@ def read_config_json(path: str | Path) -> dict:
         raise CheckpointError("config.json not found; a model folder needs one", file=Path(path))
     if file != Path(path) and link_escapes(file, path):
         raise CheckpointError("a symbolic link out of the model folder; links are not followed out of it", file=file)
-    try:
-        data = json.loads(read_bounded(file, MAX_CONFIG_BYTES, "model config"))
-        check_depth(data)
-    except InputError as exc:
-        raise CheckpointError(str(exc).removeprefix(f"{file}: "), file=file) from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read it ({exc.strerror or exc})", file=file) from None
-    except RecursionError:
-        raise CheckpointError("JSON nested too deeply: not a model config", file=file) from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number of 4300+ digits
-        raise CheckpointError(f"not valid JSON ({quote(str(exc), 200)})", file=file) from None
+    data = read_json_file(file, MAX_CONFIG_BYTES, "model config")
     if not isinstance(data, dict):
         raise CheckpointError("must hold a JSON object", file=file)
     return data

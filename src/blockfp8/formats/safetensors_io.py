@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from blockfp8.formats.errors import CheckpointError
-from blockfp8.paths import InputError, check_depth, link_escapes, open_regular, quote, read_bounded
+from blockfp8.formats.errors import CheckpointError, read_json_file
+from blockfp8.paths import InputError, link_escapes, open_regular, quote
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -178,17 +178,7 @@ def _inside(path: Path, folder: Path) -> Path:
 
 
 def _read_index(index: Path) -> dict[str, str]:
-    try:
-        data = json.loads(read_bounded(index, MAX_INDEX_BYTES, "safetensors index"))
-        check_depth(data)
-    except InputError as exc:
-        raise CheckpointError(str(exc).split(": ", 1)[-1], file=index) from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read ({exc.strerror or exc})", file=index) from None
-    except RecursionError:
-        raise CheckpointError("JSON nested too deeply: not a safetensors index", file=index) from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number of 4300+ digits
-        raise CheckpointError(f"not valid JSON ({quote(str(exc), 200)})", file=index) from None
+    data = read_json_file(index, MAX_INDEX_BYTES, "safetensors index")
     wm = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
         raise CheckpointError("field weight_map is missing, empty or not a {tensor: shard} object", file=index)
