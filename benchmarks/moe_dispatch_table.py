@@ -20,7 +20,7 @@ from blockfp8.kernels.deepgemm_moe import MASKED_MAX_TOKENS
 
 
 def table_from_csv(path: str) -> dict:
-    us: dict[tuple[str, int, int], dict[str, float]] = {}
+    us: dict[tuple[str, int], dict[str, float]] = {}
     shape: dict[str, tuple[int, int, int]] = {}
     for r in csv.DictReader(open(path)):
         if not r["variant"].endswith("_graph") or not r["us"] or math.isnan(float(r["us"])):
@@ -28,9 +28,9 @@ def table_from_csv(path: str) -> dict:
         model, dims = r["n"].split(":")  # "qwen3-30b-a3b:E128xI768", k = hidden
         e, i = (int(v[1:]) for v in dims.split("x"))
         shape[model] = (e, 2 * i, int(r["k"]))
-        us.setdefault((model, int(r["m"]), 0), {})[r["variant"].removesuffix("_graph")] = float(r["us"])
+        us.setdefault((model, int(r["m"])), {})[r["variant"].removesuffix("_graph")] = float(r["us"])
     out: dict[str, dict] = {}
-    for (model, t, _), v in sorted(us.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (model, t), v in sorted(us.items()):
         forced = v.get("deepgemm_masked" if t <= MASKED_MAX_TOKENS else "deepgemm_contiguous")
         timed = {"triton": v.get("triton"), "deepgemm": forced if forced is not None else v.get("deepgemm")}
         timed = {b: round(x, 2) for b, x in timed.items() if x is not None}

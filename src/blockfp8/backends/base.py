@@ -261,6 +261,18 @@ def fused_act_quant_runs(platform: Platform, problem: GemmProblem) -> bool:
     return usable and fused_quantizer_fits(problem.block_size[1], problem.fp8_dtype)
 
 
+def prepare_grouped_moe(backend: GroupedMoEBackend, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
+                        w2_scale: torch.Tensor, decision: Decision, intermediate: int, block_size: tuple[int, int],
+                        activation: str) -> PreparedMoE:
+    """What every grouped backend's ``prepare_moe`` starts with: the decision is for it, its kernel fuses
+    ``activation``, and all experts stacked in the decision's scale format (:func:`stack_moe_weights`)."""
+    check_decision_for(decision, backend.name)
+    if activation not in backend.moe_activations:
+        raise ValueError(f"{backend.name} grouped MoE fuses {', '.join(backend.moe_activations)}, not {activation!r}")
+    return stack_moe_weights(backend.name, w13, w13_scale, w2, w2_scale, decision, intermediate, block_size,
+                             activation)
+
+
 def stack_moe_weights(backend: BackendId, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
                       w2_scale: torch.Tensor, decision: Decision, intermediate: int, block_size: tuple[int, int],
                       activation: str) -> PreparedMoE:

@@ -22,8 +22,8 @@ from blockfp8.backends.base import (
     ScaleFmt,
     ScaleLayout,
     check_decision_for,
+    prepare_grouped_moe,
     scales_for_decision,
-    stack_moe_weights,
 )
 from blockfp8.kernels import deepgemm as dg
 from blockfp8.kernels import deepgemm_moe as dg_moe
@@ -137,14 +137,11 @@ class DeepGemmBackend:
                     activation: str = "silu") -> PreparedMoE:
         from blockfp8.quant.layouts import pack_ue8m0_per_row
 
-        check_decision_for(decision, self.name)
-        if activation not in self.moe_activations:
-            raise ValueError(f"deepgemm grouped MoE fuses {', '.join(self.moe_activations)}, not {activation!r}")
+        prepared = prepare_grouped_moe(self, w13, w13_scale, w2, w2_scale, decision, intermediate, block_size,
+                                       activation)
         module, why = dg.load_cached()
         if module is None:
             raise RuntimeError(f"deepgemm backend: {why}")
-        prepared = stack_moe_weights(self.name, w13, w13_scale, w2, w2_scale, decision, intermediate, block_size,
-                                     activation)
         if decision.weight_scale_layout is ScaleLayout.PACKED_UE8M0:  # SM100: one packed scale per weight row
             prepared.w13_scale = pack_ue8m0_per_row(prepared.w13_scale, prepared.w13.shape[1], block_size[0])
             prepared.w2_scale = pack_ue8m0_per_row(prepared.w2_scale, prepared.w2.shape[1], block_size[0])

@@ -19,8 +19,8 @@ from blockfp8.backends.base import (
     ScaleFmt,
     ScaleLayout,
     check_decision_for,
+    prepare_grouped_moe,
     scales_for_decision,
-    stack_moe_weights,
 )
 from blockfp8.kernels.ops import ops
 
@@ -101,10 +101,7 @@ class TritonBackend:
 
         check_decision_for(decision, self.name)
         kernels.use_device(w13.device)
-        if activation not in self.moe_activations:
-            raise ValueError(f"triton grouped MoE fuses {', '.join(self.moe_activations)}, not {activation!r}")
-        return stack_moe_weights(self.name, w13, w13_scale, w2, w2_scale, decision, intermediate, block_size,
-                                 activation)
+        return prepare_grouped_moe(self, w13, w13_scale, w2, w2_scale, decision, intermediate, block_size, activation)
 
     def moe(self, x: torch.Tensor, prepared: PreparedMoE, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
             decision: Decision) -> torch.Tensor:

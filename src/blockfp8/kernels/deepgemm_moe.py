@@ -32,9 +32,10 @@ MASKED_KERNEL = "m_grouped_fp8_gemm_nt_masked"
 GROUPED_KERNELS = (CONTIGUOUS_KERNEL, MASKED_KERNEL)
 ALIGNMENT_QUERY = "get_mk_alignment_for_contiguous_layout"
 # Up to this many tokens the masked kernel runs (decode), above it the contiguous one (prefill). On an H200
-# (DeepGEMM 2.6.1, CUDA graph, benchmarks/results/nvidia_h200/deepgemm/moe.csv) masked beat contiguous at every
-# count measured up to 512 (Qwen3-30B-A3B 1.36x vs 0.88x bf16 at 256, DeepSeek-V3 2.21x vs 1.47x); its slabs hold
-# E x T rows, so the switch stays at 256 to bound that memory (DeepSeek-V3 shapes: about 2 GB at 256 tokens).
+# (torch 2.11, DeepGEMM 2.6.1, CUDA graph, `blockfp8 bench moe`, benchmarks/results/nvidia_h200/deepgemm/moe.csv)
+# masked beat contiguous at every count measured up to 512 (Qwen3-30B-A3B 1.36x vs 0.88x bf16 at 256, DeepSeek-V3
+# 2.21x vs 1.47x); its slabs hold E x T rows, so the switch stays at 256 to bound that memory (DeepSeek-V3 shapes,
+# by arithmetic: about 2 GB of slabs at 256 tokens).
 MASKED_MAX_TOKENS = 256
 GROUP = 128  # DeepGEMM's 1 x 128 activation groups and 128 x 128 weight blocks
 
