@@ -63,6 +63,35 @@ def test_quantize_act_bitwise_row_major(device, fmt, m, k):
         assert torch.isnan(s[m // 2, (k // 3) // 128]).item(), "a NaN element must make its group's scale NaN"
 
 
+def _hard_quotients(seed: int) -> torch.Tensor:
+    """Rows whose quotients x / scale sit where a cheaper division would round differently: exact E4M3 ties and
+    their float32 neighbours, signed zeros, values far below the group's amax (FP8 subnormals and underflow), and
+    random float32 bit patterns; 128-wide groups with amax 448 (scale 1), 448 * 2^k and arbitrary."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.arange(-448 * 16, 448 * 16 + 1, dtype=torch.float32) / 16  # multiples of 1/16: many E4M3 ties
+    ties = grid[torch.randint(0, grid.numel(), (4096,), generator=g)]
+    near = torch.nextafter(ties, ties + torch.sign(torch.randn(4096, generator=g)))
+    bits = torch.randint(0, 2**31 - 1, (4096,), generator=g, dtype=torch.int32).view(torch.float32)
+    bits = torch.where(bits.isfinite() & (bits.abs() < 1e30), bits, 1.0) * torch.sign(torch.randn(4096, generator=g))
+    tiny = torch.randn(4096, generator=g) * 1e-3
+    x = torch.cat([ties, near, bits, tiny, torch.tensor([0.0, -0.0] * 64)]).reshape(-1, 128)
+    x[::3, 0] = 448.0 * 2.0 ** torch.randint(-20, 20, (x[::3].shape[0],), generator=g).float()  # power-of-two amax
+    return x[torch.randperm(x.shape[0], generator=g)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ["float32", "ue8m0"])
+def test_quantize_act_bitwise_hard_quotients(device, fmt):
+    """The quantizer divides by one reciprocal per row and a Newton step: the bits must still be the reference's
+    correctly rounded x / scale (float32 inputs, so no bf16 rounding hides a difference)."""
+    _skip_cpu_on_gpu_box(device)
+    x = _hard_quotients(seed=11)
+    q, s = triton_quant.quantize_act(x.to(device), 128, fmt)
+    qr, sr = R.quantize_act(x, 128, fmt)
+    assert _same_scale(s.cpu(), sr)
+    assert _same_fp8(q.cpu(), qr), f"{int((q.cpu().view(torch.uint8) != qr.view(torch.uint8)).sum())} bytes differ"
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout,fmt", [("mn_major", "float32"), ("mn_major", "ue8m0"), ("packed_ue8m0", "ue8m0")])
 @pytest.mark.parametrize("m", [1, 13, 67])

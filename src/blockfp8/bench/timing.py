@@ -142,3 +142,18 @@ def cuda_graphed(fn: Callable[[], object], warmup: int = 1) -> Callable[[], None
     with torch.cuda.graph(graph):
         fn()
     return graph.replay
+
+
+def copy_gbps(nbytes: int = 2**30, reps: int = 20) -> float:
+    """The device's measured copy bandwidth (GB/s, bytes read plus bytes written) over a ``nbytes`` buffer: the
+    yardstick for a bandwidth-bound kernel (a weight streamed once is bytes read only)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * nbytes * reps / (start.elapsed_time(end) * 1e-3) / 1e9

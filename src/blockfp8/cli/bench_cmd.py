@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default=None, help="model: comma list of qwen3-8b,qwen3-30b-a3b (default both); "
                    "moe: qwen3-30b-a3b,deepseek-v3 (default both)")
     p.add_argument("--modes", default=None, help="model: comma list of eager,compile,graph (default all); moe: "
-                   "eager,graph")
+                   "eager,graph; layer: chain,graph,eager (default chain: the layer inside a model-sized graph)")
     p.add_argument("--batches", default=None, help="model: decode batch sizes (default 1,8,64)")
     p.add_argument("--prefill", default=None, help="model: prefill lengths (default 2048,8192)")
     p.add_argument("--layers", type=int, default=2, help="model: decoder layers (default 2; every layer is alike)")
@@ -116,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
         if wrote:
             print(f"wrote {wrote}")
     elif summary:
-        print("\n".join(f"{v}: geomean {s['geomean']:.3f}x scaled_mm, decode (M<=64) {s['decode_geomean']:.3f}x, "
-                        f"M=4096 {s['m4096_geomean']:.3f}x, worst cell {s['min']:.3f}x ({s['cells']} cells)"
+        def x(v):
+            return "n/a" if v is None else f"{v:.3f}x"
+
+        print("\n".join(f"{v}: geomean {x(s['geomean'])} scaled_mm, decode (M<=64) {x(s['decode_geomean'])}, "
+                        f"M=4096 {x(s['m4096_geomean'])}, worst cell {x(s['min'])} ({s['cells']} cells)"
                         for v, s in summary.items()))
     return 0

@@ -1,8 +1,9 @@
 """Fused 1 x G activation quantization in Triton, bit-identical to ``quant.reference.quantize_act``.
 
 One pass over ``x[M, K]``: per row and 128-wide group, ``amax`` -> scale (``max(amax, eps) / 448`` correctly
-rounded, then for UE8M0 the exponent ceil on the float32 bit pattern) -> ``q = clamp(x / s, +-448)`` (division
-correctly rounded, ``div_rn``) -> FP8. Scales are written directly in the layout the chosen GEMM takes:
+rounded, then for UE8M0 the exponent ceil on the float32 bit pattern) -> ``q = clamp(x / s, +-448)`` (the
+quotient correctly rounded, from one reciprocal per row and a Newton step: ``_act_quant_kernels.group_quant``)
+-> FP8. Scales are written directly in the layout the chosen GEMM takes:
 
 * ``row_major``    float32 ``[M, G]`` contiguous (Triton GEMM, reference);
 * ``mn_major``     float32 ``[M, G]`` with strides ``(1, align(M, 4))`` (torch ``scaled_mm``, DeepGEMM SM90);
@@ -34,57 +35,9 @@ _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 @functools.cache
 def _kernels():
     """Build the Triton kernels once (Triton picks GPU or interpreter at decoration time)."""
-    import triton
-    import triton.language as tl
+    from blockfp8.kernels.triton import _act_quant_kernels as k
 
-    @triton.jit
-    def _quantize_act_kernel(
-        x_ptr, q_ptr, s_ptr,
-        M, K, M_ROWS, G,
-        stride_xm, stride_qm, stride_sm, stride_sg,
-        eps, fmax,
-        UE8M0: tl.constexpr, PACKED: tl.constexpr,
-        GROUP: tl.constexpr, GROUPS_PER_PROG: tl.constexpr, BLOCK_M: tl.constexpr,
-    ):
-        pid_m = tl.program_id(0)
-        pid_g = tl.program_id(1)
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.arange(0, GROUP)
-        row_in = rows < M  # real rows; rows in [M, M_ROWS) are padding: zeros
-        row_out = rows < M_ROWS
-        word = tl.zeros([BLOCK_M], dtype=tl.int32)
-        for j in tl.static_range(GROUPS_PER_PROG):
-            g = pid_g * GROUPS_PER_PROG + j
-            k = g * GROUP + cols
-            kmask = k < K
-            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + k[None, :],
-                        mask=row_in[:, None] & kmask[None, :], other=0.0).to(tl.float32)
-            amax = tl.max(tl.abs(x), axis=1)
-            has_nan = tl.sum((x != x).to(tl.int32), axis=1) > 0
-            amax = tl.maximum(amax, eps)
-            amax = tl.where(has_nan, float("nan"), amax)
-            scale = tl.math.div_rn(amax, fmax)
-            if UE8M0:
-                bits = scale.to(tl.int32, bitcast=True)
-                ex = (bits >> 23) & 0xFF
-                e = ex + ((bits & 0x7FFFFF) != 0).to(tl.int32)
-                e = tl.minimum(tl.maximum(e, 1), 254)
-                scale = tl.where(ex == 0xFF, float("nan"), (e << 23).to(tl.float32, bitcast=True))
-                if PACKED:
-                    byte = tl.where(ex == 0xFF, 0xFF, e)
-                    byte = tl.where(g < G, byte, 0)
-                    word = word | (byte << (8 * j))
-            q = tl.math.div_rn(x, scale[:, None])
-            q = tl.clamp(q, -fmax, fmax, propagate_nan=tl.PropagateNan.ALL)
-            q8 = q.to(q_ptr.dtype.element_ty)  # cvt.rn.satfinite: one rounding, checked bitwise on GPU
-            tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + k[None, :], q8,
-                     mask=row_out[:, None] & kmask[None, :])
-            if not PACKED:
-                tl.store(s_ptr + rows.to(tl.int64) * stride_sm + g * stride_sg, scale, mask=row_out)
-        if PACKED:
-            tl.store(s_ptr + rows.to(tl.int64) * stride_sm + pid_g * stride_sg, word, mask=row_out)
-
-    return {"quantize_act": _quantize_act_kernel}
+    return {"quantize_act": k._quantize_act_kernel}
 
 
 def quantize_act(
