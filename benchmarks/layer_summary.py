@@ -59,8 +59,9 @@ def main() -> int:
             share = {(r["n"], r["k"]): r["n"] * r["k"] / r["us"] / 1e3 / copy[0]["gbps"] for r in cells
                      if r["variant"] == variant and r["m"] == 1 and r["k"] >= 7168 and not math.isnan(r["us"])}
             if share:
+                by_size = sorted(share.items(), key=lambda item: item[0][0] * item[0][1])
                 print(f"{variant}: weight stream / copy bandwidth at M=1: "
-                      + ", ".join(f"{n}x{k} {v:.2f}" for (n, k), v in sorted(share.items(), key=lambda x: x[0][0] * x[0][1])))
+                      + ", ".join(f"{n}x{k} {v:.2f}" for (n, k), v in by_size))
     print("ragged vs bf16 (worst M): " + ", ".join(
         f"{v} {min(r['speedup_vs_bf16'] for r in cells if r['variant'] == v and (r['n'], r['k']) in RAGGED):.2f}x"
         for v in dict.fromkeys(r["variant"] for r in cells if (r["n"], r["k"]) in RAGGED)
