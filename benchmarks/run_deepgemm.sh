@@ -11,6 +11,9 @@ OUT=${OUT:-/tmp/blockfp8_out}
 DG_SITE=${DG_SITE:-/tmp/dgsite}
 mkdir -p "$OUT"
 STAGES=${*:-build wait test moe layer}
+# layer: the DeepSeek-V3 grid and the other families of benchmarks/run_layers.sh, timed in `chain` mode
+NK=2112x7168,576x7168,24576x1536,32768x512,7168x16384,4096x7168,7168x2048,10240x8192,8192x28672,6144x4096,\
+2880x2880,4096x12288,8192x8192,5120x2880
 # DeepGEMM's JIT must see the libstdc++ the extension was built against (else a segfault in its include parser).
 LIBSTDCXX=$(ls /usr/lib/x86_64-linux-gnu/libstdc++.so.6 2>/dev/null)
 with_dg() { PYTHONPATH=$DG_SITE:$PYTHONPATH LD_PRELOAD=$LIBSTDCXX "$@"; }
@@ -27,6 +30,7 @@ for s in $STAGES; do
         2>&1 | tail -30 | tee "$OUT/gpu_tests.log" ;;
     moe) with_dg python3 -m blockfp8 bench moe --variants bf16,triton,deepgemm,auto,deepgemm_masked,deepgemm_contiguous \
         --modes graph --reps 20 --out-dir "$OUT" 2>&1 | tail -24 ;;
-    layer) with_dg python3 -m blockfp8 bench layer --modes graph --reps 50 --out-dir "$OUT" 2>&1 | tail -12 ;;
+    layer) with_dg python3 -m blockfp8 bench layer --nk "$NK" --m 1,16,64,128,512,4096 \
+        --variants "${VARIANTS:-scaled_mm,deepgemm}" --reps 20 --out-dir "$OUT" 2>&1 | tail -12 ;;
   esac
 done

@@ -79,3 +79,17 @@ def test_shipped_tables_are_consistent():
                 assert entry["backend"] in ("triton", "scaled_mm", "deepgemm"), (gpu, nk, b)
                 if entry["backend"] == "triton":
                     assert b in gemm_table[gpu][nk], f"dispatch picks triton without a tuned config: {gpu} {nk} {b}"
+
+
+def test_untuned_shape_borrows_the_nearest_tuned_shape_within_2x():
+    table = {"sm90": {"4096,7168": {"1": {"backend": "triton", "us": {"triton": 1.0}}},
+                      "8192,16384": {"1": {"backend": "scaled_mm", "us": {"scaled_mm": 1.0}}},
+                      "bad,shape": {"1": {"backend": "triton"}}}}
+    assert tuned.entry_for(table, ["sm90"], 4096, 12288)[1]["backend"] == "triton"  # K 1.7x off, N equal
+    assert tuned.entry_for(table, ["sm90"], 8192, 14000)[1]["backend"] == "scaled_mm"
+    assert tuned.entry_for(table, ["sm90"], 4096, 7168)[1]["backend"] == "triton"  # exact
+    assert tuned.entry_for(table, ["sm90"], 1024, 7168) == {}  # N 4x off: nothing borrowed
+    assert tuned.entry_for(table, ["sm90"], 0, 7168) == {}
+    assert tuned.entry_for(table, ["NVIDIA_H200", "sm90"], 4096, 12288)[1]["backend"] == "triton"
+    exact_elsewhere = {"NVIDIA_H200": {"4096,12288": {"1": {"backend": "scaled_mm"}}}, **table}
+    assert tuned.entry_for(exact_elsewhere, ["NVIDIA_H200", "sm90"], 4096, 12288)[1]["backend"] == "scaled_mm"

@@ -70,13 +70,37 @@ def load(file: str, path: str | None = None) -> dict:
     return data.get("triton_gemm", data) if file == TRITON_GEMM_FILE else data
 
 
+NEAREST_SHAPE_MAX_RATIO = 2.0  # an untuned (N, K) borrows the entry of a tuned shape with N and K both within 2x
+
+
 def entry_for(table: dict, keys: Iterable[str], n: int, k: int) -> dict:
-    """``{M bucket (int): entry}`` for (N, K) under the first of ``keys`` (:func:`platform_keys`) that has it;
-    empty if none."""
+    """``{M bucket (int): entry}`` for (N, K) under the first of ``keys`` (:func:`platform_keys`) that has it; for a
+    shape no key has, the entry of the nearest shape (in log N + log K) with N and K both within
+    :data:`NEAREST_SHAPE_MAX_RATIO`, under the first key that has one; empty if none.
+
+    Borrowing a neighbour's entry is measured: `bench layer` checks the shipped tables on shapes they leave out
+    (docs/kernels.md)."""
     for key in keys:
         entry = table.get(key, {}).get(f"{n},{k}")
         if entry:
             return {int(b): v for b, v in entry.items()}
+    if n <= 0 or k <= 0:
+        return {}
+    limit = math.log2(NEAREST_SHAPE_MAX_RATIO)
+    for key in keys:
+        near = []
+        for shape, entry in table.get(key, {}).items():
+            try:
+                tn, tk = (int(v) for v in shape.split(","))
+            except ValueError:
+                continue
+            if tn <= 0 or tk <= 0 or not entry:
+                continue
+            dn, dk = abs(math.log2(tn / n)), abs(math.log2(tk / k))
+            if dn <= limit and dk <= limit:
+                near.append((dn + dk, shape, entry))
+        if near:
+            return {int(b): v for b, v in min(near, key=lambda t: (t[0], t[1]))[2].items()}
     return {}
 
 
