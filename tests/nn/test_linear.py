@@ -305,8 +305,14 @@ def test_explicit_choice_is_never_dispatched_away_from(fake_h100, monkeypatch, h
 
 def test_no_table_entry_means_no_dispatch(fake_h100):
     plat, calls = fake_h100
-    layer = _fp8_layer(200, 384, BlockFP8Config(), plat)  # N=200: not in the table
+    layer = _fp8_layer(100, 384, BlockFP8Config(), plat)  # N=100: neither in the table nor within 2x of 256
     assert layer.decision.dispatch == () and calls == [("prepare", BackendId.SCALED_MM)]
+
+
+def test_an_untuned_shape_near_a_tuned_one_dispatches_like_it(fake_h100):
+    plat, _ = fake_h100
+    layer = _fp8_layer(200, 384, BlockFP8Config(), plat)  # N=200: within 2x of the table's N=256
+    assert layer.decision.dispatch == ((64, BackendId.TRITON), (8192, BackendId.SCALED_MM))
 
 
 @pytest.mark.gpu
