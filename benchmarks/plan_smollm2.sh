@@ -15,11 +15,11 @@ mkdir -p "$OUT" "$DIR"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, \
 'gpu', torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
 python3 -m blockfp8 audit --model smollm2 --calib 128 --seq-len 512 --e2e --eval 128 --device cuda \
-  --batch-tokens 16384 --no-progress --top 12 --report "$DIR/audit" 2>&1 | grep -v "Converting\|Loading" \
-  | tee "$OUT/audit.log"
+  --batch-tokens 16384 --no-progress --top 12 --plan-rank fisher_per_flop --report "$DIR/audit" 2>&1 \
+  | grep -v "Converting\|Loading" | tee "$OUT/audit.log"
 python3 -m blockfp8 audit --model smollm2 --calib 128 --seq-len 512 --e2e --eval 128 --device cuda \
-  --batch-tokens 16384 --no-progress --top 12 --plan-min-flops 0.9 --report "$DIR/audit90" 2>&1 \
-  | grep -v "Converting\|Loading" | tee "$OUT/audit90.log"
+  --batch-tokens 16384 --no-progress --top 12 --plan-rank fisher_per_flop --plan-min-flops 0.9 \
+  --report "$DIR/audit90" 2>&1 | grep -v "Converting\|Loading" | tee "$OUT/audit90.log"
 python3 -m blockfp8 eval configs/plan-smollm2-lambada.yaml --device cuda --json "$OUT/eval_lambada_plan.json" \
   --markdown "$OUT/eval_lambada_plan.md" 2>&1 | grep -v "Converting\|Loading" | tee "$OUT/eval.log" \
   || echo "eval: a variant below its floor (see eval.log); the paired statistics are still written"

@@ -38,22 +38,45 @@ def test_search_keeps_the_worst_layers_within_tolerance(tiny_llama, ids):
     sim = e2e.FP8Simulator(tiny_llama)
     selection = scale_plan.SelectionSet(tiny_llama, ids, sim, batch_size=2)
     assert selection.kl_ue8m0 > selection.kl_fp32 > 0
-    tol = scale_plan.PlanTolerance(0.2)
+    tol = scale_plan.PlanTolerance(0.2, rank="bits")
     f32, steps = scale_plan.choose(rows, selection, tol)
     assert f32 == ranked[: len(f32)] and 0 < len(f32) < len(rows)
     by_k = {s["float32_layers"]: s["share"] for s in steps}
     assert by_k[len(f32)] <= tol.kl_share < by_k[len(f32) - 1]  # measured: within, and one fewer is not
     assert selection.kl(f32) == pytest.approx(selection.kl_fp32 + by_k[len(f32)] * (selection.kl_ue8m0 -
                                                                                     selection.kl_fp32))
-    assert scale_plan.choose(rows, selection, scale_plan.PlanTolerance(1.0))[0] == []
-    all_f32 = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.0))[0]
+    assert scale_plan.choose(rows, selection, scale_plan.PlanTolerance(1.0, "bits"))[0] == []
+    all_f32 = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.0, "bits"))[0]
     assert len(all_f32) >= len(f32)
     # a FLOP floor caps the plan: best effort when the tolerance cannot be met above it
     floor = scale_plan.ue8m0_flop_share(rows, set(f32[:1])) + 1e-9
-    capped, steps = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.0, min_ue8m0_flop_share=floor))
+    capped, steps = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.0, "bits", floor))
     assert capped == [] and scale_plan.ue8m0_flop_share(rows, set(capped)) >= floor
-    loose = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.2, min_ue8m0_flop_share=0.0))[0]
+    loose = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.2, "bits", min_ue8m0_flop_share=0.0))[0]
     assert loose == f32
+    # the Fisher rankings search over their own order, and need the scores exactly where they use them
+    scores = {r["name"]: float(i % 5) for i, r in enumerate(rows)}
+    per_flop = scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.2), scores)[0]
+    assert per_flop == scale_plan.rank_layers(rows, scores, per_flop=True)[: len(per_flop)]
+    with pytest.raises(ValueError, match="'fisher_per_flop' needs Fisher scores"):
+        scale_plan.choose(rows, selection, scale_plan.PlanTolerance(0.2))
+    with pytest.raises(ValueError, match="'bits' takes no Fisher scores"):
+        scale_plan.choose(rows, selection, tol, scores)
+
+
+def test_per_flop_ranking_is_score_over_flops_with_ties_in_module_order():
+    rows = [{"name": "big", "shape": [100, 200], "tokens": 10, "bits_lost": 3.0},    # 400k FLOPs
+            {"name": "small", "shape": [10, 200], "tokens": 10, "bits_lost": 2.0},   # 40k
+            {"name": "tie", "shape": [20, 200], "tokens": 10, "bits_lost": 1.0},     # 80k
+            {"name": "neg", "shape": [10, 200], "tokens": 10, "bits_lost": 0.5}]
+    scores = {"big": 8.0, "small": 1.0, "tie": 2.0, "neg": -1.0}
+    assert scale_plan.rank_layers(rows, scores, per_flop=True) == ["small", "tie", "big", "neg"]
+    swapped = [rows[0], rows[2], rows[1], rows[3]]  # equal density: module order, not score or FLOPs, decides
+    assert scale_plan.rank_layers(swapped, scores, per_flop=True) == ["tie", "small", "big", "neg"]
+    assert scale_plan.rank_layers(rows, scores) == ["big", "tie", "small", "neg"]
+    assert scale_plan.rank_layers(rows) == ["big", "small", "tie", "neg"]
+    with pytest.raises(ValueError, match="per_flop needs scores"):
+        scale_plan.rank_layers(rows, per_flop=True)
 
 
 def test_flop_share_weighs_shape_and_tokens():
@@ -91,6 +114,8 @@ def test_report_carries_the_plan_contract(tiny_llama, tmp_path):
             key.removesuffix("_pct")])
     assert plan["e2e"]["kl_increase_pct"]["value"] == pytest.approx(100 * data["e2e"]["plan_vs_fp32"]["kl_increase"])
     assert plan["within_tolerance"] == (plan["e2e"]["kl_share_of_ue8m0"] <= 0.2)
+    assert plan["method"].startswith("greedy by Fisher-weighted output error per GEMM FLOP: ")
+    assert plan["tolerance"]["rank"] == "fisher_per_flop"
     assert "plan" in data["summary"]["prediction"] and "ue8m0" in data["summary"]["prediction"]
     assert "plan_s" in data["run"]
 

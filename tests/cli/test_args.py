@@ -7,14 +7,17 @@ import pytest
 import torch
 
 from blockfp8 import platform
+from blockfp8.audit.scale_plan import RANKINGS, PlanTolerance
 from blockfp8.audit.verdict import Thresholds
 from blockfp8.cli.args import (
     UsageError,
     add_config_arguments,
     add_model_arguments,
+    add_plan_arguments,
     add_threshold_arguments,
     block_size,
     config_from_args,
+    plan_from_args,
     positive_int,
     resolve_device,
     thresholds_from_args,
@@ -30,6 +33,18 @@ def test_cli_threshold_defaults_are_the_documented_ones():
     assert set(helps) == names
     for name, value in Thresholds().as_dict().items():
         assert f"(default {value:g})" in helps[name], name
+
+
+def test_plan_rank_flag(capsys):
+    p = argparse.ArgumentParser()
+    add_plan_arguments(p)
+    assert plan_from_args(p.parse_args([]))[0] == PlanTolerance()
+    assert PlanTolerance().rank == "fisher_per_flop" and "(default fisher_per_flop)" in p.format_help()
+    for rank in RANKINGS:
+        assert plan_from_args(p.parse_args(["--plan-rank", rank]))[0].rank == rank
+    with pytest.raises(SystemExit) as exc:
+        p.parse_args(["--plan-rank", "flops"])
+    assert exc.value.code == 2 and "--plan-rank: invalid choice: 'flops'" in capsys.readouterr().err
 
 
 def test_thresholds_from_flags():

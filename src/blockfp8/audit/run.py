@@ -175,7 +175,7 @@ def _choose_plan(model, rows, ids, block, batch, tolerance, progress) -> tuple[l
     from blockfp8.audit import e2e, scale_plan, sensitivity
 
     scores = None
-    if tolerance.rank == "fisher":
+    if tolerance.rank in scale_plan.FISHER_RANKINGS:
         scores = sensitivity.fisher_sensitivity(model, ids, block, batch_size=max(1, batch // 2))
         for r in rows:
             r["ue8m0_sensitivity"] = scores[r["name"]]

@@ -1,15 +1,17 @@
 """The per-layer scale-format plan: the fewest layers to keep on float32 scales so that every other layer may run
 a UE8M0 kernel (DeepGEMM on Blackwell) at a stated end-to-end cost.
 
-Greedy over a ranking of the layers, worst first: by default their Fisher-weighted UE8M0 output error
-(``audit.sensitivity``: how much each layer's error moves the loss), or their calibrated bits lost (``rank="bits"``,
-a layer's own SNR loss, which over-ranks layers whose error matters little downstream). The plan keeps the ``k``
-worst on float32 scales, ``k`` the smallest for which the plan's KL divergence to the unquantized model exceeds
-all-float32's by at most ``kl_share`` of what all-UE8M0 adds. ``k`` is found by bisection on selection
-windows, each step one simulated forward pass with that plan (``e2e.FP8Simulator``). The selection windows are the
-head of the calibration text, never the held-out text: the chosen plan is then measured on the held-out windows
-beside all-float32 and all-UE8M0 (``e2e.measure`` with the plan as a variant), with bootstrap intervals, and
-``plan_section`` reports those numbers, not the ones it was chosen on.
+Greedy over a ranking of the layers, worst first. ``rank="fisher_per_flop"`` (the default): a layer's
+Fisher-weighted UE8M0 output error (``audit.sensitivity``: how much its error moves the loss) over its GEMM FLOPs,
+the greedy knapsack density, so that a given KL budget is bought with the fewest FLOPs taken off UE8M0 (a small
+``k_proj`` before a ``down_proj`` of the same score). ``rank="fisher"``: that score alone. ``rank="bits"``: the
+calibrated bits lost (a layer's own SNR loss, which over-ranks layers whose error matters little downstream). The
+plan keeps the ``k`` worst on float32 scales, ``k`` the smallest for which the plan's KL divergence to the
+unquantized model exceeds all-float32's by at most ``kl_share`` of what all-UE8M0 adds. ``k`` is found by bisection
+on selection windows, each step one simulated forward pass with that plan (``e2e.FP8Simulator``). The selection
+windows are the head of the calibration text, never the held-out text: the chosen plan is then measured on the
+held-out windows beside all-float32 and all-UE8M0 (``e2e.measure`` with the plan as a variant), with bootstrap
+intervals, and ``plan_section`` reports those numbers, not the ones it was chosen on.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import torch
 from blockfp8.audit.e2e import FP8Simulator, log_probs, window_sums
 
 PLAN = "plan"  # the plan's variant name in the e2e section
-RANKINGS = ("fisher", "bits")
+RANKINGS = ("fisher_per_flop", "fisher", "bits")
+FISHER_RANKINGS = ("fisher_per_flop", "fisher")  # the rankings that need ``sensitivity.fisher_sensitivity`` scores
+_METHOD = {"fisher_per_flop": "Fisher-weighted output error per GEMM FLOP", "fisher": "Fisher-weighted output error",
+           "bits": "bits lost"}
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class PlanTolerance:
     """How much of all-UE8M0's end-to-end loss a plan may keep."""
 
     kl_share: float = 0.2  # plan KL excess over all-float32 <= this share of all-UE8M0's excess
-    rank: str = "fisher"  # the order layers are kept on float32 scales in: "fisher" | "bits"
+    rank: str = "fisher_per_flop"  # the order layers are kept on float32 scales in: one of RANKINGS
     # A floor on the GEMM FLOPs left on UE8M0: the plan never keeps more layers on float32 scales than this allows,
     # even when the KL tolerance then cannot be met (``within_tolerance`` says so). 0 = no floor.
     min_ue8m0_flop_share: float = 0.0
@@ -81,10 +86,19 @@ class SelectionSet:
             return self._kl()
 
 
-def rank_layers(rows: Sequence[Mapping[str, Any]], scores: Mapping[str, float] | None = None) -> list[str]:
+def rank_layers(rows: Sequence[Mapping[str, Any]], scores: Mapping[str, float] | None = None, *,
+                per_flop: bool = False) -> list[str]:
     """Layer names, highest ``scores`` (a layer's sensitivity) first, or most bits lost first without scores;
-    module order breaks ties."""
-    key = (lambda r: float(scores[r["name"]])) if scores is not None else (lambda r: float(r["bits_lost"]))
+    ``per_flop`` divides each score by the layer's FLOPs (``flops_of``). Module order breaks ties."""
+    if scores is None and per_flop:
+        raise ValueError("rank_layers: per_flop needs scores")
+
+    def key(row: Mapping[str, Any]) -> float:
+        if scores is None:
+            return float(row["bits_lost"])
+        score = float(scores[row["name"]])
+        return score / flops_of(row) if per_flop else score
+
     order = sorted(range(len(rows)), key=lambda i: (-key(rows[i]), i))
     return [rows[i]["name"] for i in order]
 
@@ -97,7 +111,10 @@ def choose(rows: Sequence[Mapping[str, Any]], selection: SelectionSet, tolerance
     layer on float32 scales is all-float32), so the answer was measured within tolerance and one layer fewer was
     measured outside it, even where the curve is not monotone. With a FLOP floor the search stops at the longest
     prefix the floor allows; if that is still outside the tolerance, it is the plan (the best the floor permits)."""
-    ranked = rank_layers(rows, scores)
+    needs = tolerance.rank in FISHER_RANKINGS
+    if needs != (scores is not None):
+        raise ValueError(f"plan ranking {tolerance.rank!r} {'needs' if needs else 'takes no'} Fisher scores")
+    ranked = rank_layers(rows, scores, per_flop=tolerance.rank == "fisher_per_flop")
     kl32, kl8 = selection.kl_fp32, selection.kl_ue8m0
     excess = kl8 - kl32
     steps = [{"float32_layers": 0, "kl": kl8, "share": 1.0 if excess > 0 else 0.0},
@@ -166,7 +183,7 @@ def plan_section(rows: Sequence[Mapping[str, Any]], float32_layers: Sequence[str
     if not math.isfinite(share):
         raise ValueError("plan: the KL share of all-UE8M0's increase is not finite")
     return {
-        "method": f"greedy by {'Fisher-weighted output error' if tolerance.rank == 'fisher' else 'bits lost'}: "
+        "method": f"greedy by {_METHOD[tolerance.rank]}: "
                   "the k worst layers keep float32 scales, k the smallest whose KL excess over all-float32 is within "
                   "the tolerance on the selection windows (bisection); verified on the held-out windows",
         "tolerance": asdict(tolerance),

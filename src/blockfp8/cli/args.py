@@ -163,16 +163,17 @@ def given_thresholds(args: argparse.Namespace) -> list[str]:
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     """The per-layer scale-format plan and the calibrated verdict (``audit --e2e``, ``check``)."""
-    from blockfp8.audit.scale_plan import PlanTolerance
+    from blockfp8.audit.scale_plan import RANKINGS, PlanTolerance
 
     group = parser.add_argument_group("per-layer plan and task-level verdict (docs/audit.md)")
     group.add_argument("--no-plan", action="store_true", help="do not choose a per-layer scale-format plan")
     group.add_argument("--plan-tolerance", type=float, default=PlanTolerance().kl_share, metavar="S",
                        help="the plan may keep this share of all-UE8M0's KL increase over all-float32 (default "
                             f"{PlanTolerance().kl_share:g})")
-    group.add_argument("--plan-rank", choices=("fisher", "bits"), default="fisher",
-                       help="order layers go to float32 scales in: fisher = Fisher-weighted UE8M0 output error "
-                            "(default), bits = calibrated bits lost")
+    group.add_argument("--plan-rank", choices=RANKINGS, default=PlanTolerance().rank,
+                       help="order layers go to float32 scales in: fisher_per_flop = Fisher-weighted UE8M0 output "
+                            "error per GEMM FLOP, fisher = that error, bits = calibrated bits lost (default "
+                            f"{PlanTolerance().rank})")
     group.add_argument("--plan-min-flops", type=float, default=0.0, metavar="S",
                        help="keep at least this share of the GEMM FLOPs on UE8M0, even past the tolerance (default 0)")
     group.add_argument("--plan-windows", type=positive_int, default=16, metavar="N",
