@@ -7,9 +7,9 @@ Modes (``--modes``):
   copies of the layer (weights on separate memory, together at least 4x the L2 cache, so every call reads its
   weight from HBM as a model's next layer does) on the same input; the time is the replay's wall time divided by
   ``copies``: the graph launch is paid once per replay, as once per model forward in serving.
-* ``graph``: one layer per graph, each replay timed on its own: the graph launch (several microseconds of host
-  time) is part of every call, and the weight of a small layer stays in L2 between replays. It bounds what one
-  isolated call costs, and is launch-bound for small shapes.
+* ``graph``: one layer per graph, each replay timed on its own: the graph launch is part of every call, and the
+  weight of a small layer stays in L2 between replays (what one isolated call costs; on an H200 it came within a
+  few percent of ``chain``, docs/kernels.md).
 * ``eager``: plain calls in a loop, host overhead included.
 
 Variants share one FP8 weight: ``scaled_mm`` / ``triton`` / ``deepgemm`` are layers forced to that backend (a
@@ -73,6 +73,7 @@ def _timed(mode: str, calls: list, reps: int) -> float:
 
 
 def bench_layer(cells, variants=VARIANTS, modes=MODES, reps: int = 50, log=print) -> list[dict]:
+    from blockfp8.bench.timing import copy_gbps
     from blockfp8.kernels.deepgemm import version as dg_version
     from blockfp8.quant import reference as R
     from blockfp8.testing.tolerances import gemm_atol
@@ -80,7 +81,6 @@ def bench_layer(cells, variants=VARIANTS, modes=MODES, reps: int = 50, log=print
     bad = [m for m in modes if m not in ALL_MODES]
     if bad:
         raise ValueError(f"bench layer: mode(s) {', '.join(bad)} not valid; valid modes: {', '.join(ALL_MODES)}")
-    from blockfp8.bench.timing import copy_gbps
 
     env = results.environment()
     rows = [{"bench": "copy", "m": 0, "n": 0, "k": 0, "variant": "device_copy", "us": math.nan, "tflops": math.nan,
