@@ -105,3 +105,55 @@ def test_audit_model_report(tiny_llama, monkeypatch):
     assert report.calibration["source"] == text.SOURCE and report.calibration["tokens"] == 32
     assert report.e2e["windows"] == 3 and report.summary.verdict in ("safe", "unsafe")
     assert {"calibrated_s", "e2e_s"} <= set(report.run)
+
+
+class _CharTok:
+    """One token per character, with character offsets (as a fast tokenizer gives them)."""
+
+    def __call__(self, s, add_special_tokens=False, return_offsets_mapping=False):
+        out = {"input_ids": [ord(c) % 96 for c in s]}
+        if return_offsets_mapping:
+            out["offset_mapping"] = [(i, i + 1) for i in range(len(s))]
+        return out
+
+
+def test_windows_mark_each_passages_target_word():
+    from blockfp8.audit import text
+    from blockfp8.datasets import load_lambada
+
+    w = text.windows(_CharTok(), 2, 400, "calibration")
+    first = load_lambada()[0]
+    start = len(first.context) + 1
+    marks = w.targets.flatten()
+    assert marks[start : start + len(first.target)].all()
+    assert not marks[:start].any() and not marks[start + len(first.target) : start + len(first.target) + 2].any()
+    plain = text.windows(lambda s, add_special_tokens=False: {"input_ids": [1] * len(s)}, 2, 400, "calibration")
+    assert plain.targets is None  # no offsets: nothing marked, same ids
+
+
+def test_e2e_target_words_on_the_model(tiny_llama, ids):
+    targets = torch.zeros_like(ids, dtype=torch.bool)
+    targets[:, [5, 11, 20]] = True
+    sums = e2e.measure(tiny_llama, ids, batch_size=3, plans={"plan": ["model.layers.0.mlp.down_proj"]},
+                       targets=targets)
+    assert (sums["tn"] == 3).all()
+    with torch.no_grad():  # tnll_base: the unquantized model's NLL at the marked positions only
+        lp = e2e.log_probs(tiny_llama, ids)
+    nll = -lp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    assert sums["tnll_base"] == pytest.approx((nll * targets[:, 1:]).sum(1).double().numpy(), rel=1e-6)
+    s = e2e.summarize(sums, seq_len=ids.shape[1], n_boot=100)
+    assert s["target_words"]["tokens"] == 3 * ids.shape[0]
+    assert {"target_ppl_increase", "target_ppl_vs_ue8m0"} <= set(s["plan_vs_fp32"])
+    assert "target_ppl_vs_ue8m0" not in s["ue8m0_vs_fp32"] and "tppl_ue8m0" in s["ue8m0"]
+    none = dict(sums, tn=np.array([3.0, 0.0, 3.0, 3.0]))  # a window without target tokens: not reported
+    assert "target_words" not in e2e.summarize(none, seq_len=ids.shape[1], n_boot=10)
+
+
+def test_plan_flags_a_plan_worse_than_all_ue8m0_on_target_words():
+    from blockfp8.audit import scale_plan
+
+    worse = {"target_ppl_vs_all_ue8m0_pct": {"value": 4.0, "ci": [1.0, 7.0]}}
+    assert scale_plan.target_words_check(worse)["worse_than_all_ue8m0"] is True
+    unclear = {"target_ppl_vs_all_ue8m0_pct": {"value": 1.0, "ci": [-1.0, 3.0]}}
+    assert scale_plan.target_words_check(unclear)["worse_than_all_ue8m0"] is False
+    assert scale_plan.target_words_check({}) is None

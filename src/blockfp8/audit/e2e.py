@@ -78,15 +78,20 @@ def log_probs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)
 
 
-def window_sums(lp_base: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+def window_sums(lp_base: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor,
+                targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-window sums of KL to the unquantized model, top-1 agreement with it (seq_len positions), and
-    next-token NLL and accuracy (seq_len - 1 targets)."""
+    next-token NLL and accuracy (seq_len - 1 targets); with ``targets`` (bool, like ``ids``: the tokens of the
+    passages' target words) also the NLL of predicting those tokens (``tnll``)."""
     kl = (lp_base.exp() * (lp_base - lp)).sum(-1)  # [B, L]
     top1 = lp.argmax(-1)
     agree = (top1 == lp_base.argmax(-1)).to(torch.float64)
     nll = -lp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
     hit = (top1[:, :-1] == ids[:, 1:]).to(torch.float64)
-    return {"kl": kl.double().sum(1), "agree": agree.sum(1), "nll": nll.double().sum(1), "hit": hit.sum(1)}
+    out = {"kl": kl.double().sum(1), "agree": agree.sum(1), "nll": nll.double().sum(1), "hit": hit.sum(1)}
+    if targets is not None:
+        out["tnll"] = (nll.double() * targets[:, 1:].to(torch.float64)).sum(1)
+    return out
 
 
 @torch.no_grad()
@@ -99,10 +104,12 @@ def measure(
     skip: Sequence[str] = UNQUANTIZED_LINEARS,
     plans: Mapping[str, Collection[str]] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    targets: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-window sums for every variant: ``nll_<v>`` and ``hit_<v>`` (over seq_len-1 targets), ``kl_<v>`` and
     ``agree_<v>`` (over seq_len positions) for v in fp32, ue8m0 and each of ``plans`` (name -> the layers it keeps
-    on float32 scales); ``nll_base`` and ``hit_base`` for the unquantized model."""
+    on float32 scales); ``nll_base`` and ``hit_base`` for the unquantized model. With ``targets`` (``text.Windows
+    .targets``) also ``tnll_<v>`` / ``tnll_base`` and the target tokens per window, ``tn``."""
     sim = FP8Simulator(model, block, skip)
     plans = dict(plans or {})
     for name in plans:
@@ -115,14 +122,17 @@ def measure(
     batches = range(0, ids.shape[0], batch_size)
     for i in progress(batches) if progress else batches:
         x = ids[i : i + batch_size].to(device)
+        t = None if targets is None else targets[i : i + batch_size].to(device)
+        if t is not None:
+            sums.setdefault("tn", []).append(t[:, 1:].sum(1).double().cpu())
         lp_base = log_probs(model, x)
-        for key, val in window_sums(lp_base, lp_base, x).items():
-            if key in ("nll", "hit"):
+        for key, val in window_sums(lp_base, lp_base, x, t).items():
+            if key in ("nll", "hit", "tnll"):
                 sums.setdefault(f"{key}_base", []).append(val.cpu())
         for v, context in contexts.items():
             with context():
                 lp = log_probs(model, x)
-            for key, val in window_sums(lp_base, lp, x).items():
+            for key, val in window_sums(lp_base, lp, x, t).items():
                 sums.setdefault(f"{key}_{v}", []).append(val.cpu())
             del lp
         del lp_base
@@ -151,6 +161,11 @@ def _stats(s: Mapping[str, np.ndarray], idx: np.ndarray, n_pos: int) -> dict[str
         out[f"top1_{v}"] = tot(f"agree_{v}") / pos
         if f"hit_{v}" in s:
             out[f"acc_{v}"] = tot(f"hit_{v}") / tgt
+    words = _has_target_words(s)
+    if words:  # every window holds target tokens, so no resample divides by zero
+        out["tppl_base"] = np.exp(tot("tnll_base") / tot("tn"))
+        for v in variants:
+            out[f"tppl_{v}"] = np.exp(tot(f"tnll_{v}") / tot("tn"))
     kl32 = np.maximum(out["kl_fp32"], np.finfo(np.float64).tiny)
     for v in variants:
         if v == "fp32":
@@ -160,7 +175,15 @@ def _stats(s: Mapping[str, np.ndarray], idx: np.ndarray, n_pos: int) -> dict[str
         out[f"{v}:top1_change"] = out[f"top1_{v}"] - out["top1_fp32"]
         if f"acc_{v}" in out:
             out[f"{v}:acc_change"] = out[f"acc_{v}"] - out["acc_fp32"]
+        if words:
+            out[f"{v}:target_ppl_increase"] = out[f"tppl_{v}"] / out["tppl_fp32"] - 1.0
+            if v != "ue8m0":
+                out[f"{v}:target_ppl_vs_ue8m0"] = out[f"tppl_{v}"] / out["tppl_ue8m0"] - 1.0
     return out
+
+
+def _has_target_words(s: Mapping[str, np.ndarray]) -> bool:
+    return "tn" in s and bool(np.all(s["tn"] > 0))
 
 
 def summarize(sums: Mapping[str, np.ndarray], seq_len: int, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -184,13 +207,17 @@ def summarize(sums: Mapping[str, np.ndarray], seq_len: int, n_boot: int = 2000, 
         "seq_len": seq_len,
         "tokens": n * seq_len,
         "bootstrap": {"resamples": n_boot, "seed": seed, "unit": "window", "interval": "percentile 95%"},
-        "base": block(["ppl_base", "acc_base"]),
+        "base": block(["ppl_base", "acc_base", "tppl_base"]),
     }
+    if _has_target_words(sums):
+        result["target_words"] = {"tokens": int(sums["tn"].sum()),
+                                  "what": "tokens of each passage's LAMBADA target word; tppl_* = their perplexity"}
     for v in variants_of(sums):
-        result[v] = block([f"ppl_{v}", f"kl_{v}", f"top1_{v}", f"acc_{v}"])
+        result[v] = block([f"ppl_{v}", f"kl_{v}", f"top1_{v}", f"acc_{v}", f"tppl_{v}"])
     for v in variants_of(sums):
         if v != "fp32":
-            result[f"{v}_vs_fp32"] = block(["ppl_increase", "kl_increase", "top1_change", "acc_change"], f"{v}:")
+            result[f"{v}_vs_fp32"] = block(["ppl_increase", "kl_increase", "top1_change", "acc_change",
+                                            "target_ppl_increase", "target_ppl_vs_ue8m0"], f"{v}:")
     _check_finite(result)
     return result
 

@@ -76,6 +76,12 @@ def plan_lines(report: AuditReport, shown: int = 12) -> list[str]:
            f"{_ci(u['ppl_increase_pct'], '%')}",
            f"  the plan keeps {100 * e['kl_share_of_ue8m0']:.1f}% of all-UE8M0's KL increase: "
            f"{'within' if plan['within_tolerance'] else 'OUTSIDE'} the tolerance"]
+    if "target_ppl_increase_pct" in e and "target_ppl_increase_pct" in u:
+        words = plan.get("target_words") or {}
+        out.append(f"  on the passages' target words (LAMBADA's task positions), perplexity vs all-float32: plan "
+                   f"{_ci(e['target_ppl_increase_pct'], '%')}, all-UE8M0 {_ci(u['target_ppl_increase_pct'], '%')}"
+                   + ("; the plan is WORSE than all-UE8M0 there: check it on your task (blockfp8 eval) before using "
+                      "it" if words.get("worse_than_all_ue8m0") else ""))
     pred = (report.summary.prediction or {}).get("plan")
     if pred:
         out.append("  " + prediction_line(pred, "the plan"))

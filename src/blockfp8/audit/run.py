@@ -211,7 +211,7 @@ def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, th
             plans[scale_plan.PLAN] = f32
             timings["plan_s"] = round(time.perf_counter() - t1, 3)
         t1 = time.perf_counter()
-        sums = e2e.measure(model, ew.ids, block, batch_size=max(1, batch // 2), plans=plans,
+        sums = e2e.measure(model, ew.ids, block, batch_size=max(1, batch // 2), plans=plans, targets=ew.targets,
                            progress=_progress(progress, "end to end", "batch"))
         e2e_result = e2e.summarize(sums, seq_len, n_boot=n_boot)
         e2e_result["source"] = ew.source

@@ -4,6 +4,11 @@ Passages (context + target word) are joined with blank lines, tokenized and cut 
 tokens. Calibration windows come from the head of the file, evaluation windows from its tail (read backwards),
 so the two never share a passage as long as together they need fewer tokens than the file holds (~400k with
 SmolLM2's tokenizer); :func:`windows` checks that.
+
+Each passage ends with LAMBADA's target word, the word the task asks a model to predict from the long context
+before it. ``Windows.targets`` marks those tokens (from the tokenizer's character offsets, so the windows are
+tokenized exactly as without it), so the end-to-end level can report the task's own positions beside the
+average over every position.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ class Windows:
     source: str
     split: str  # "calibration" (head of the file) | "evaluation" (tail, backwards)
     passages: int  # how many passages were tokenized to fill them
+    # [n, seq_len] bool: the token is part of a passage's target word (None: the tokenizer gives no offsets)
+    targets: torch.Tensor | None = None
 
     @property
     def tokens(self) -> int:
@@ -39,9 +46,23 @@ def windows(tokenizer, n: int, seq_len: int, split: str, data_dir=None) -> Windo
     order = items if split == "calibration" else items[::-1]
     need = n * seq_len
     ids: list[int] = []
+    marks: list[bool] | None = []
     used = 0
     for item in order:
-        ids += tokenizer(item.context + " " + item.target + "\n\n", add_special_tokens=False)["input_ids"]
+        passage = item.context + " " + item.target + "\n\n"
+        start, end = len(item.context) + 1, len(item.context) + 1 + len(item.target)
+        try:
+            enc = tokenizer(passage, add_special_tokens=False, return_offsets_mapping=marks is not None)
+        except (NotImplementedError, ValueError, TypeError):  # a tokenizer without offsets: no target marks
+            marks = None
+            enc = tokenizer(passage, add_special_tokens=False)
+        ids += enc["input_ids"]
+        if marks is not None:
+            offsets = enc.get("offset_mapping")
+            if offsets is None or len(offsets) != len(enc["input_ids"]):
+                marks = None
+            else:
+                marks += [a < end and b > start for a, b in offsets]
         used += 1
         if len(ids) >= need:
             break
@@ -50,4 +71,5 @@ def windows(tokenizer, n: int, seq_len: int, split: str, data_dir=None) -> Windo
     if used > len(items) // 2:
         raise ValueError(f"{n} windows of {seq_len} tokens need {used} of {len(items)} passages: calibration and "
                          "evaluation text would overlap; ask for fewer tokens")
-    return Windows(torch.tensor(ids[:need], dtype=torch.long).view(n, seq_len), SOURCE, split, used)
+    targets = None if marks is None else torch.tensor(marks[:need], dtype=torch.bool).view(n, seq_len)
+    return Windows(torch.tensor(ids[:need], dtype=torch.long).view(n, seq_len), SOURCE, split, used, targets)
