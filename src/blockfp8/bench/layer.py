@@ -8,8 +8,8 @@ Modes (``--modes``):
   weight from HBM as a model's next layer does) on the same input; the time is the replay's wall time divided by
   ``copies``: the graph launch is paid once per replay, as once per model forward in serving.
 * ``graph``: one layer per graph, each replay timed on its own: the graph launch is part of every call, and the
-  weight of a small layer stays in L2 between replays (what one isolated call costs; on an H200 it came within a
-  few percent of ``chain``, docs/kernels.md).
+  weight of a small layer stays in L2 between replays (what one isolated call costs; on an H200 most cells came
+  within 10% of ``chain``, docs/kernels.md).
 * ``eager``: plain calls in a loop, host overhead included.
 
 Variants share one FP8 weight: ``scaled_mm`` / ``triton`` / ``deepgemm`` are layers forced to that backend (a
