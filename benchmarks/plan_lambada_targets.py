@@ -8,14 +8,13 @@ Usage: PYTHONPATH=src python benchmarks/plan_lambada_targets.py --report REPORT.
 """
 
 import argparse
-import ast
-import gzip
 import json
 import re
 
 import torch
 
 from blockfp8.audit.e2e import FP8Simulator
+from blockfp8.datasets import load_lambada
 from blockfp8.models import load_causal_lm
 
 p = argparse.ArgumentParser()
@@ -25,16 +24,9 @@ p.add_argument("--variants", default="float32,ue8m0,plan,plan_qkv_together,plan_
 args = p.parse_args()
 plan = json.load(open(args.report))["plan"]["float32_layers"]
 model, tok = load_causal_lm("smollm2", dtype="float32")
-items = []
-with gzip.open("data/lambada_openai_test.jsonl.gz", "rt") as f:
-    for i, line in enumerate(f):
-        if i >= args.items:
-            break
-        row = json.loads(line)
-        req = row["request"] if isinstance(row["request"], dict) else ast.literal_eval(row["request"])
-        items.append((tok(req["context"], return_tensors="pt").input_ids,
-                      tok(req["continuation"], add_special_tokens=False, return_tensors="pt").input_ids))
-
+items = [(tok(item.context, return_tensors="pt").input_ids,
+          tok(" " + item.target, add_special_tokens=False, return_tensors="pt").input_ids)
+         for item in load_lambada()[: args.items]]  # the continuation as the eval scores it: " " + target
 
 def score() -> tuple[float, int]:
     total, correct = 0.0, 0
