@@ -25,16 +25,28 @@ def _same_meta(real, fake, what):
 @pytest.mark.parametrize("layout,fmt", [("row_major", "float32"), ("mn_major", "float32"), ("mn_major", "ue8m0"),
                                         ("packed_ue8m0", "ue8m0")])
 @pytest.mark.parametrize("pad_m", [1, 4])
-def test_quantize_act_fake_matches_real(m, layout, fmt, pad_m):
+@pytest.mark.parametrize("pad_k", [1, 128])
+def test_quantize_act_fake_matches_real(m, layout, fmt, pad_m, pad_k):
     x = torch.randn(m, 300)
-    q, s = ops.quantize_act(x, 128, fmt, layout, pad_m, torch.float8_e4m3fn, False)
+    q, s = ops.quantize_act(x, 128, fmt, layout, pad_m, pad_k, torch.float8_e4m3fn, False)
     with FakeTensorMode() as mode:
-        fq, fs = ops.quantize_act(mode.from_tensor(x), 128, fmt, layout, pad_m, torch.float8_e4m3fn, False)
-    _same_meta(q, fq, f"q layout={layout} M={m} pad={pad_m}")
-    _same_meta(s, fs, f"scale layout={layout} M={m} pad={pad_m}")
+        fq, fs = ops.quantize_act(mode.from_tensor(x), 128, fmt, layout, pad_m, pad_k, torch.float8_e4m3fn, False)
+    _same_meta(q, fq, f"q layout={layout} M={m} pad={pad_m},{pad_k}")
+    _same_meta(s, fs, f"scale layout={layout} M={m} pad={pad_m},{pad_k}")
     qr, sr = R.quantize_act(x, 128, fmt)
-    assert torch.equal(q[:m].view(torch.uint8), qr.view(torch.uint8))
+    assert q.shape[1] == (384 if pad_k == 128 else 300)
+    assert torch.equal(q[:m, :300].view(torch.uint8), qr.view(torch.uint8))
+    assert not q[:, 300:].view(torch.uint8).any()  # padding columns are zeros
     assert torch.equal(L.from_layout(s, layout, 3)[:m], sr)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_quantize_act_pad_k_inside_the_last_group_only(fused):
+    x = torch.randn(3, 300)
+    with pytest.raises(ValueError, match="pad_k=512: K=300 padded to 512 runs past its last 128-wide group"):
+        ops.quantize_act(x, 128, "float32", "mn_major", 1, 512, torch.float8_e4m3fn, fused)
+    with pytest.raises(ValueError, match="pad_k=0"):
+        ops.quantize_act(x, 128, "float32", "mn_major", 1, 0, torch.float8_e4m3fn, fused)
 
 
 def test_gemm_and_moe_fakes_match_real():
@@ -74,10 +86,10 @@ def test_fakes_refuse_bad_inputs_naming_them():
         with pytest.raises(ValueError, match="x has K=256, the weight K=384"):
             ops.gemm_reference(x_q, s, w_q, s, 128, 128, torch.bfloat16, None)
         with pytest.raises(ValueError, match="expected a 2-D"):
-            ops.quantize_act(mode.from_tensor(torch.zeros(2, 3, 128)), 128, "float32", "row_major", 1,
+            ops.quantize_act(mode.from_tensor(torch.zeros(2, 3, 128)), 128, "float32", "row_major", 1, 1,
                              torch.float8_e4m3fn, False)
         with pytest.raises(ValueError, match="valid values: row_major"):
-            ops.quantize_act(mode.from_tensor(torch.zeros(2, 128)), 128, "float32", "k_major", 1,
+            ops.quantize_act(mode.from_tensor(torch.zeros(2, 128)), 128, "float32", "k_major", 1, 1,
                              torch.float8_e4m3fn, False)
 
 

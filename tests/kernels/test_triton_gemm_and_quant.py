@@ -95,16 +95,19 @@ def test_quantize_act_bitwise_hard_quotients(device, fmt):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout,fmt", [("mn_major", "float32"), ("mn_major", "ue8m0"), ("packed_ue8m0", "ue8m0")])
 @pytest.mark.parametrize("m", [1, 13, 67])
-def test_quantize_act_layouts(device, layout, fmt, m):
+@pytest.mark.parametrize("pad_k", [1, 64, 128])
+def test_quantize_act_layouts(device, layout, fmt, m, pad_k):
     _skip_cpu_on_gpu_box(device)
     k = 1100  # 9 groups: packing leaves a partial last word
+    width = -(-k // pad_k) * pad_k
     x = _activation(m, k, device, seed=m, nan_row=False).to(torch.bfloat16)
-    q, s = triton_quant.quantize_act(x, 128, fmt, layout, pad_m=4)
+    q, s = triton_quant.quantize_act(x, 128, fmt, layout, pad_m=4, pad_k=pad_k)
     qr, sr = R.quantize_act(x.cpu(), 128, fmt)
     m_pad = -(-m // 4) * 4
-    assert q.shape == (m_pad, k) and s.shape[0] == m_pad and s.stride(0) == 1 and s.stride(1) == m_pad
-    assert _same_fp8(q[:m].cpu(), qr)
+    assert q.shape == (m_pad, width) and s.shape[0] == m_pad and s.stride(0) == 1 and s.stride(1) == m_pad
+    assert _same_fp8(q[:m, :k].cpu(), qr)
     assert torch.count_nonzero(q[m:].float()) == 0, "padding rows must be zero"
+    assert torch.count_nonzero(q[:, k:].float()) == 0, "padding columns must be zero"
     if layout == "packed_ue8m0":
         assert s.dtype == torch.int32 and s.shape[1] == 3
         assert torch.equal(s[:m].cpu(), layouts.pack_ue8m0(sr)), f"packed words differ from pack_ue8m0 (M={m})"
@@ -257,8 +260,8 @@ def test_act_quant_facade_paths_agree(device, layout, fmt):
     from blockfp8.kernels import act_quant
 
     x = _activation(5, 300, device, seed=11, nan_row=False)
-    q_ref, s_ref = act_quant.quantize_act(x.cpu(), 128, fmt, layout, pad_m=4, fused=False)  # CPU bits
-    q, s = triton_quant.quantize_act(x, 128, fmt, layout, pad_m=4)
-    assert q.shape == q_ref.shape == (8, 300) and s.shape == s_ref.shape and s.stride() == s_ref.stride()
+    q_ref, s_ref = act_quant.quantize_act(x.cpu(), 128, fmt, layout, pad_m=4, pad_k=128, fused=False)  # CPU bits
+    q, s = triton_quant.quantize_act(x, 128, fmt, layout, pad_m=4, pad_k=128)
+    assert q.shape == q_ref.shape == (8, 384) and s.shape == s_ref.shape and s.stride() == s_ref.stride()
     assert _same_fp8(q.cpu(), q_ref.cpu())
     assert torch.equal(s.cpu(), s_ref.cpu())

@@ -113,14 +113,12 @@ class DeepGemmBackend:
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        from blockfp8.kernels.act_quant import pad_columns
-
-        # The scales go straight into this family's layout: MN-major float32 (SM90) or packed UE8M0 (SM100).
+        # The scales go straight into this family's layout: MN-major float32 (SM90) or packed UE8M0 (SM100); a
+        # ragged K gets its zero columns in the same pass.
         check_decision_for(decision, self.name)
-        x_q, scale = ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value,
-                                      decision.act_scale_layout.value, 1, getattr(torch, decision.fp8_dtype),
-                                      decision.fused_act_quant)
-        return pad_columns(x_q, dg.K_ALIGN), scale
+        return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value,
+                                decision.act_scale_layout.value, 1, dg.K_ALIGN, getattr(torch, decision.fp8_dtype),
+                                decision.fused_act_quant)
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:

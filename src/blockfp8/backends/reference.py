@@ -74,7 +74,7 @@ class ReferenceBackend:
         import torch
 
         check_decision_for(decision, self.name)
-        return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value, "row_major", 1,
+        return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value, "row_major", 1, 1,
                                 getattr(torch, decision.fp8_dtype), False)
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,

@@ -85,16 +85,16 @@ class ScaledMMBackend:
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        from blockfp8.kernels.act_quant import pad_columns
         from blockfp8.kernels.scaled_mm import M_ALIGN
 
         # M-major scales written directly, rows padded to a multiple of 4 in the storage behind the returned
-        # [M, ...] views, so the GEMM reaches the padded rows without a copy.
+        # [M, ...] views, so the GEMM reaches the padded rows without a copy; a ragged K gets its zero columns in
+        # the same pass.
         check_decision_for(decision, self.name)
         x2 = x.reshape(-1, x.shape[-1])
         x_q, scale = ops.quantize_act(x2, group_size, decision.act_scale_fmt.value, decision.act_scale_layout.value,
-                                      M_ALIGN, getattr(torch, decision.fp8_dtype), decision.fused_act_quant)
-        return pad_columns(x_q, K_ALIGN)[:x2.shape[0]], scale[:x2.shape[0]]
+                                      M_ALIGN, K_ALIGN, getattr(torch, decision.fp8_dtype), decision.fused_act_quant)
+        return x_q[:x2.shape[0]], scale[:x2.shape[0]]
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:

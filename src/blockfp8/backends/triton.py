@@ -84,7 +84,7 @@ class TritonBackend:
 
         check_decision_for(decision, self.name)
         return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value,
-                                decision.act_scale_layout.value, 1, getattr(torch, decision.fp8_dtype), True)
+                                decision.act_scale_layout.value, 1, 1, getattr(torch, decision.fp8_dtype), True)
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:

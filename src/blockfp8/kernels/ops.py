@@ -12,9 +12,10 @@ neither Triton nor DeepGEMM.
 
 Operators (all functional: new outputs, inputs untouched):
 
-* ``quantize_act(x, group_size, scale_fmt, layout, pad_m, fp8_dtype, fused) -> (q, scale)``: 1 x G activation
-  quantization of a 2-D ``x [M, K]`` into ``scale_fmt`` scales laid out as ``layout`` (``quant.layouts``), rows
-  padded to ``pad_m``; ``fused`` picks the Triton kernel over the reference (same bits).
+* ``quantize_act(x, group_size, scale_fmt, layout, pad_m, pad_k, fp8_dtype, fused) -> (q, scale)``: 1 x G
+  activation quantization of a 2-D ``x [M, K]`` into ``scale_fmt`` scales laid out as ``layout``
+  (``quant.layouts``), rows padded to ``pad_m``, zero columns to ``pad_k`` (within the last group); ``fused``
+  picks the Triton kernel over the reference (same bits).
 * ``gemm_reference`` / ``gemm_triton`` / ``gemm_scaled_mm`` / ``gemm_deepgemm``: ``out[M, N] = x @ w.T`` with
   per-128-K promotion, from quantized operands in the layouts each kernel takes.
 * ``moe_reference`` / ``moe_triton`` / ``moe_deepgemm``: a whole block-FP8 MoE (``quant.reference.moe_reference``
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from blockfp8.kernels.act_quant import padded_width
 from blockfp8.quant import reference as ref
 from blockfp8.quant.layouts import ScaleLayout, empty_scales
 
@@ -34,8 +36,8 @@ _LIB = torch.library.Library(NAMESPACE, "FRAGMENT")
 _ANY_DEVICE = "CompositeExplicitAutograd"  # one implementation for every device (inference only: no autograd)
 
 _SCHEMAS = {
-    "quantize_act": "(Tensor x, int group_size, str scale_fmt, str layout, int pad_m, ScalarType fp8_dtype, "
-                    "bool fused) -> (Tensor, Tensor)",
+    "quantize_act": "(Tensor x, int group_size, str scale_fmt, str layout, int pad_m, int pad_k, "
+                    "ScalarType fp8_dtype, bool fused) -> (Tensor, Tensor)",
     "gemm_reference": "(Tensor x_q, Tensor x_scale, Tensor w_q, Tensor w_scale, int block_n, int block_k, "
                       "ScalarType out_dtype, Tensor? bias) -> Tensor",
     "gemm_triton": "(Tensor x_q, Tensor x_scale, Tensor w_q, Tensor w_scale, int block_n, int block_k, "
@@ -67,13 +69,14 @@ def _check(ok: bool, message: str) -> None:
 # ------------------------------------------------------------------------------------------------ quantize_act
 
 
-def _quantize_act(x, group_size, scale_fmt, layout, pad_m, fp8_dtype, fused):
+def _quantize_act(x, group_size, scale_fmt, layout, pad_m, pad_k, fp8_dtype, fused):
     from blockfp8.kernels import act_quant
 
-    return act_quant.quantize_act(x, group_size, scale_fmt, layout, pad_m=pad_m, fp8_dtype=fp8_dtype, fused=fused)
+    return act_quant.quantize_act(x, group_size, scale_fmt, layout, pad_m=pad_m, pad_k=pad_k, fp8_dtype=fp8_dtype,
+                                  fused=fused)
 
 
-def _quantize_act_fake(x, group_size, scale_fmt, layout, pad_m, fp8_dtype, fused):
+def _quantize_act_fake(x, group_size, scale_fmt, layout, pad_m, pad_k, fp8_dtype, fused):
     _check(x.dim() == 2, f"quantize_act: expected a 2-D [M, K] activation, got shape {tuple(x.shape)}")
     _check(x.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64),
            f"quantize_act: activation dtype {x.dtype} is not a float dtype")
@@ -82,7 +85,7 @@ def _quantize_act_fake(x, group_size, scale_fmt, layout, pad_m, fp8_dtype, fused
     m, k = x.shape
     m_pad = ref.cdiv(m, pad_m) * pad_m
     groups = ref.cdiv(k, group_size)
-    q = x.new_empty((m_pad, k), dtype=fp8_dtype)
+    q = x.new_empty((m_pad, padded_width(k, group_size, pad_k)), dtype=fp8_dtype)
     return q, empty_scales(m_pad, groups, layout, x.device)
 
 

@@ -46,7 +46,7 @@ def group_quant(x, scale, fmax):
 @triton.jit
 def _quantize_act_kernel(
     x_ptr, q_ptr, s_ptr,
-    M, K, M_ROWS, G,
+    M, K, K_OUT, M_ROWS, G,
     stride_xm, stride_qm, stride_sm, stride_sg,
     eps, fmax,
     UE8M0: tl.constexpr, PACKED: tl.constexpr,
@@ -64,7 +64,7 @@ def _quantize_act_kernel(
         k = g * GROUP + cols
         kmask = k < K
         x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + k[None, :],
-                    mask=row_in[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+                    mask=row_in[:, None] & kmask[None, :], other=0.0).to(tl.float32)  # columns past K: zeros
         scale = group_scale(x, eps, fmax, UE8M0)
         if PACKED:
             byte = (scale.to(tl.int32, bitcast=True) >> 23) & 0xFF  # the E8M0 exponent; NaN -> 0xFF
@@ -73,7 +73,7 @@ def _quantize_act_kernel(
         q = group_quant(x, scale, fmax)
         q8 = q.to(q_ptr.dtype.element_ty)  # cvt.rn.satfinite: one rounding, checked bitwise on GPU
         tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + k[None, :], q8,
-                 mask=row_out[:, None] & kmask[None, :])
+                 mask=row_out[:, None] & (k < K_OUT)[None, :])
         if not PACKED:
             tl.store(s_ptr + rows.to(tl.int64) * stride_sm + g * stride_sg, scale, mask=row_out)
     if PACKED:

@@ -11,7 +11,9 @@ quotient correctly rounded, from one reciprocal per row and a Newton step: ``_ac
   byte ``g % 4`` little-endian (DeepGEMM family 100); needs ``scale_fmt="ue8m0"``.
 
 ``pad_m`` pads the row count (zero rows, finite scales) so that kernels with an M alignment rule (``scaled_mm``
-rejects M=1) can take the buffers as they are; the caller slices the GEMM output back to M rows.
+rejects M=1) can take the buffers as they are; the caller slices the GEMM output back to M rows. ``pad_k`` writes
+zero columns up to a multiple of it inside the last group (kernels that take whole 128-wide K blocks), in the
+same pass: a ragged K costs no extra copy.
 
 NaN/Inf follow the reference: a non-finite element makes its group's scale non-finite (NaN for UE8M0) and the
 group's values NaN (``tl.max`` drops NaN on GPU, so NaN is tracked explicitly).
@@ -25,6 +27,7 @@ import functools
 
 import torch
 
+from blockfp8.kernels.act_quant import padded_width
 from blockfp8.kernels.triton import check_device
 from blockfp8.quant.layouts import ScaleFmt, ScaleLayout, empty_scales
 from blockfp8.quant.reference import ACT_EPS, QuantError, cdiv
@@ -47,14 +50,16 @@ def quantize_act(
     layout: ScaleLayout | str = ScaleLayout.ROW_MAJOR,
     *,
     pad_m: int = 1,
+    pad_k: int = 1,
     fp8_dtype: torch.dtype = torch.float8_e4m3fn,
     block_m: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``x[..., K]`` in 1 x ``group_size`` groups. Returns ``(q, scale)``.
 
     ``row_major`` with no padding keeps the leading dims (``q[..., K]``, ``scale[..., G]``), like the reference.
-    Other layouts, or ``pad_m > 1``, flatten to 2-D: ``q[M_pad, K]`` and ``scale[M_pad, G]`` in ``layout``
-    (``M_pad`` = M rounded up to ``pad_m``; padding rows are zeros with finite scales).
+    Other layouts, or ``pad_m > 1`` or ``pad_k > 1``, flatten to 2-D: ``q[M_pad, K_pad]`` and ``scale[M_pad, G]``
+    in ``layout`` (``M_pad`` = M rounded up to ``pad_m``, ``K_pad`` = K rounded up to ``pad_k``; padding rows are
+    zeros with finite scales, padding columns zeros).
     """
     if not isinstance(x, torch.Tensor):
         raise QuantError(f"activation: expected a torch.Tensor, got {type(x).__name__}")
@@ -78,13 +83,14 @@ def quantize_act(
     m = x2.shape[0]
     m_rows = cdiv(m, pad_m) * pad_m if m else 0
     groups = cdiv(k, group_size) if k else 0
-    q = torch.empty((m_rows, k), dtype=fp8_dtype, device=x.device)
+    width = padded_width(k, group_size, pad_k)
+    q = torch.empty((m_rows, width), dtype=fp8_dtype, device=x.device)
     scale = empty_scales(m_rows, groups, layout, x.device)
     if m_rows and groups:
         # Triton 3.9's interpreter rounds float32 -> e4m3 wrongly where the mantissa carries into the exponent
         # (124.3 -> 64): on CPU the kernel writes float32 values and torch does the (RNE) cast; on GPU the
         # kernel's own cvt.rn runs and the GPU tests check it bit for bit.
-        q_out = q if x.is_cuda else torch.empty((m_rows, k), dtype=torch.float32)
+        q_out = q if x.is_cuda else torch.empty((m_rows, width), dtype=torch.float32)
         packed = layout is ScaleLayout.PACKED_UE8M0
         gpp = 4 if packed else 1
         bm = block_m or (32 if x.is_cuda else 16)
@@ -92,7 +98,7 @@ def quantize_act(
         check_device(x.device)
         kern = _kernels()["quantize_act"]
         kern[grid](
-            x2, q_out, scale, m, k, m_rows, groups,
+            x2, q_out, scale, m, k, width, m_rows, groups,
             x2.stride(0), q.stride(0), scale.stride(0), scale.stride(1),
             ACT_EPS, float(torch.finfo(fp8_dtype).max),
             UE8M0=scale_fmt == "ue8m0", PACKED=packed,
@@ -101,6 +107,6 @@ def quantize_act(
         )
         if q_out is not q:
             q.copy_(q_out.to(fp8_dtype))
-    if layout is ScaleLayout.ROW_MAJOR and m_rows == m:
+    if layout is ScaleLayout.ROW_MAJOR and m_rows == m and width == k:
         return q.reshape(*lead, k), scale.reshape(*lead, groups)
     return q, scale
