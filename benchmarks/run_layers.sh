@@ -16,7 +16,7 @@ MODES=${MODES:-chain,graph}
 for s in ${*:-test layer}; do
   echo "=== $s ($(date +%T))"
   case $s in
-    test) timeout 400 python3 -m pytest -q -m gpu tests/kernels/test_triton_gemm_act.py \
+    test) timeout 400 python3 -m pytest -q -m gpu tests/kernels/test_ops.py \
         tests/kernels/test_triton_gemm_and_quant.py tests/nn/test_linear.py tests/nn/test_compile.py 2>&1 | tail -15 \
         | tee "$OUT/gpu_tests.log" ;;
     layer) for group in DEEPSEEK OTHERS; do
