@@ -8,6 +8,8 @@ Parts:
 * ``decode``: every Triton decode candidate on the ragged shapes, weights cold (a chain of copies in one graph).
 
 Usage: python benchmarks/kernel_probe.py --out probe.csv [--parts prefill,ragged,decode]
+(On an H200 with Triton 3.6 the ``prefill`` part did not finish within 9 minutes and wrote nothing; which variant
+hung was not isolated. Run it under ``timeout``.)
 """
 # ruff: noqa: B023  (every closure is timed within the loop iteration that made it)
 
