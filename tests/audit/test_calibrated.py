@@ -141,8 +141,15 @@ def test_e2e_target_words_on_the_model(tiny_llama, ids):
         lp = e2e.log_probs(tiny_llama, ids)
     nll = -lp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
     assert sums["tnll_base"] == pytest.approx((nll * targets[:, 1:]).sum(1).double().numpy(), rel=1e-6)
+    with torch.no_grad(), e2e.FP8Simulator(tiny_llama).active("ue8m0"):  # tkl: the KL where a target is predicted
+        lp8 = e2e.log_probs(tiny_llama, ids)
+    kl = (lp.exp() * (lp - lp8)).sum(-1)[:, :-1]
+    assert sums["tkl_ue8m0"] == pytest.approx((kl * targets[:, 1:]).sum(1).double().numpy(), rel=1e-5)
     s = e2e.summarize(sums, seq_len=ids.shape[1], n_boot=100)
     assert s["target_words"]["tokens"] == 3 * ids.shape[0]
+    assert s["ue8m0"]["tkl_ue8m0"] == pytest.approx(float(sums["tkl_ue8m0"].sum() / sums["tn"].sum()))
+    assert s["plan_vs_fp32"]["target_kl_increase"] == pytest.approx(
+        float(sums["tkl_plan"].sum() / sums["tkl_fp32"].sum()) - 1.0)
     assert {"target_ppl_increase", "target_ppl_vs_ue8m0"} <= set(s["plan_vs_fp32"])
     assert "target_ppl_vs_ue8m0" not in s["ue8m0_vs_fp32"] and "tppl_ue8m0" in s["ue8m0"]
     none = dict(sums, tn=np.array([3.0, 0.0, 3.0, 3.0]))  # a window without target tokens: not reported

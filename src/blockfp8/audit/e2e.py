@@ -82,7 +82,8 @@ def window_sums(lp_base: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor,
                 targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-window sums of KL to the unquantized model, top-1 agreement with it (seq_len positions), and
     next-token NLL and accuracy (seq_len - 1 targets); with ``targets`` (bool, like ``ids``: the tokens of the
-    passages' target words) also the NLL of predicting those tokens (``tnll``)."""
+    passages' target words) also the NLL of predicting those tokens (``tnll``) and the KL at the positions that
+    predict them (``tkl``)."""
     kl = (lp_base.exp() * (lp_base - lp)).sum(-1)  # [B, L]
     top1 = lp.argmax(-1)
     agree = (top1 == lp_base.argmax(-1)).to(torch.float64)
@@ -90,7 +91,9 @@ def window_sums(lp_base: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor,
     hit = (top1[:, :-1] == ids[:, 1:]).to(torch.float64)
     out = {"kl": kl.double().sum(1), "agree": agree.sum(1), "nll": nll.double().sum(1), "hit": hit.sum(1)}
     if targets is not None:
-        out["tnll"] = (nll.double() * targets[:, 1:].to(torch.float64)).sum(1)
+        t = targets[:, 1:].to(torch.float64)
+        out["tnll"] = (nll.double() * t).sum(1)
+        out["tkl"] = (kl[:, :-1].double() * t).sum(1)
     return out
 
 
@@ -109,7 +112,7 @@ def measure(
     """Per-window sums for every variant: ``nll_<v>`` and ``hit_<v>`` (over seq_len-1 targets), ``kl_<v>`` and
     ``agree_<v>`` (over seq_len positions) for v in fp32, ue8m0 and each of ``plans`` (name -> the layers it keeps
     on float32 scales); ``nll_base`` and ``hit_base`` for the unquantized model. With ``targets`` (``text.Windows
-    .targets``) also ``tnll_<v>`` / ``tnll_base`` and the target tokens per window, ``tn``."""
+    .targets``) also ``tnll_<v>`` / ``tnll_base``, ``tkl_<v>`` and the target tokens per window, ``tn``."""
     sim = FP8Simulator(model, block, skip)
     plans = dict(plans or {})
     for name in plans:
@@ -166,6 +169,8 @@ def _stats(s: Mapping[str, np.ndarray], idx: np.ndarray, n_pos: int) -> dict[str
         out["tppl_base"] = np.exp(tot("tnll_base") / tot("tn"))
         for v in variants:
             out[f"tppl_{v}"] = np.exp(tot(f"tnll_{v}") / tot("tn"))
+            if f"tkl_{v}" in s:
+                out[f"tkl_{v}"] = tot(f"tkl_{v}") / tot("tn")
     kl32 = np.maximum(out["kl_fp32"], np.finfo(np.float64).tiny)
     for v in variants:
         if v == "fp32":
@@ -177,6 +182,9 @@ def _stats(s: Mapping[str, np.ndarray], idx: np.ndarray, n_pos: int) -> dict[str
             out[f"{v}:acc_change"] = out[f"acc_{v}"] - out["acc_fp32"]
         if words:
             out[f"{v}:target_ppl_increase"] = out[f"tppl_{v}"] / out["tppl_fp32"] - 1.0
+            if f"tkl_{v}" in out:
+                out[f"{v}:target_kl_increase"] = out[f"tkl_{v}"] / np.maximum(out["tkl_fp32"],
+                                                                               np.finfo(np.float64).tiny) - 1.0
             if v != "ue8m0":
                 out[f"{v}:target_ppl_vs_ue8m0"] = out[f"tppl_{v}"] / out["tppl_ue8m0"] - 1.0
     return out
@@ -211,13 +219,15 @@ def summarize(sums: Mapping[str, np.ndarray], seq_len: int, n_boot: int = 2000, 
     }
     if _has_target_words(sums):
         result["target_words"] = {"tokens": int(sums["tn"].sum()),
-                                  "what": "tokens of each passage's LAMBADA target word; tppl_* = their perplexity"}
+                                  "what": "tokens of each passage's LAMBADA target word; tppl_* = their "
+                                          "perplexity, tkl_* = the mean KL at the positions that predict them"}
     for v in variants_of(sums):
-        result[v] = block([f"ppl_{v}", f"kl_{v}", f"top1_{v}", f"acc_{v}", f"tppl_{v}"])
+        result[v] = block([f"ppl_{v}", f"kl_{v}", f"top1_{v}", f"acc_{v}", f"tppl_{v}", f"tkl_{v}"])
     for v in variants_of(sums):
         if v != "fp32":
             result[f"{v}_vs_fp32"] = block(["ppl_increase", "kl_increase", "top1_change", "acc_change",
-                                            "target_ppl_increase", "target_ppl_vs_ue8m0"], f"{v}:")
+                                            "target_ppl_increase", "target_ppl_vs_ue8m0", "target_kl_increase"],
+                                           f"{v}:")
     _check_finite(result)
     return result
 
