@@ -93,38 +93,6 @@ def test_bad_tolerance_is_named(bad):
         scale_plan.PlanTolerance(0.2, min_ue8m0_flop_share=bad)
     with pytest.raises(ValueError, match="ranking 'x'"):
         scale_plan.PlanTolerance(0.2, rank="x")
-    with pytest.raises(ValueError, match="positions 'x' are not valid; valid values: all, targets"):
-        scale_plan.PlanTolerance(0.2, positions="x")
-
-
-def test_selection_on_target_positions_measures_the_kl_there_only(tiny_llama, ids):
-    from blockfp8.audit import sensitivity
-
-    targets = torch.zeros_like(ids, dtype=torch.bool)
-    targets[:, [4, 9, 17]] = True
-    sim = e2e.FP8Simulator(tiny_llama)
-    selection = scale_plan.SelectionSet(tiny_llama, ids, sim, batch_size=3, targets=targets)
-    assert selection.positions == 3 * ids.shape[0]
-    with torch.no_grad():
-        base = e2e.log_probs(tiny_llama, ids)
-        with sim.active("ue8m0"):
-            lp = e2e.log_probs(tiny_llama, ids)
-    kl = (base.exp() * (base - lp)).sum(-1)[:, :-1]
-    assert selection.kl_ue8m0 == pytest.approx(float(kl[targets[:, 1:]].mean()), rel=1e-5)
-    everywhere = scale_plan.SelectionSet(tiny_llama, ids, sim, batch_size=3)
-    assert everywhere.kl_ue8m0 == pytest.approx(float((base.exp() * (base - lp)).sum(-1).mean()), rel=1e-5)
-    assert selection.kl_ue8m0 != pytest.approx(everywhere.kl_ue8m0)
-    with pytest.raises(ValueError, match="no target-word token"):
-        scale_plan.SelectionSet(tiny_llama, ids, sim, 3, targets=torch.zeros_like(targets))
-    with pytest.raises(ValueError, match="targets shape"):
-        scale_plan.SelectionSet(tiny_llama, ids, sim, 3, targets=targets[:, 1:])
-    # the Fisher loss on target positions only: a layer's score is what moves those predictions
-    only = sensitivity.fisher_sensitivity(tiny_llama, ids, batch_size=4, targets=targets)
-    full = sensitivity.fisher_sensitivity(tiny_llama, ids, batch_size=4)
-    assert only.keys() == full.keys() and only != full
-    zero = sensitivity.fisher_sensitivity(tiny_llama, ids[:2], batch_size=2, targets=torch.zeros_like(ids[:2],
-                                                                                                    dtype=torch.bool))
-    assert all(v == 0.0 for v in zero.values())
 
 
 def test_report_carries_the_plan_contract(tiny_llama, tmp_path):
@@ -150,13 +118,10 @@ def test_report_carries_the_plan_contract(tiny_llama, tmp_path):
     assert plan["tolerance"]["rank"] == "fisher_per_flop"
     assert "plan" in data["summary"]["prediction"] and "ue8m0" in data["summary"]["prediction"]
     assert "plan_s" in data["run"]
-    assert plan["selection"]["positions"] == "all" and "target_tokens" not in plan["selection"]
-    with pytest.raises(ValueError, match="no character offsets; use --plan-positions all"):
-        levels.audit_model(tiny_llama, Tok(), "tiny", calib=3, seq_len=16, eval_windows=4, n_boot=100,
-                           plan=scale_plan.PlanTolerance(0.2, positions="targets"), plan_windows=2)
+    assert "target_kl_share_of_ue8m0" not in plan["e2e"]  # this tokenizer gives no offsets: no target words
 
 
-def test_plan_chosen_on_target_positions_is_judged_there(tiny_llama):
+def test_plan_reports_the_kl_share_at_target_word_positions(tiny_llama):
     from blockfp8.audit import render
 
     class Tok:  # one token per character, with offsets: LAMBADA's target words are marked
@@ -167,18 +132,16 @@ def test_plan_chosen_on_target_positions_is_judged_there(tiny_llama):
             return out
 
     report = levels.audit_model(tiny_llama, Tok(), "tiny", calib=3, seq_len=400, eval_windows=3, n_boot=100,
-                                plan=scale_plan.PlanTolerance(0.2, positions="targets"), plan_windows=3)
+                                plan=scale_plan.PlanTolerance(0.2), plan_windows=3)
     data = json.loads(json.dumps(report.to_dict()))
-    plan, e = data["plan"], data["plan"]["e2e"]
-    assert plan["tolerance"]["positions"] == "targets" and plan["selection"]["positions"] == "targets"
-    assert 0 < plan["selection"]["target_tokens"] < plan["selection"]["tokens"] == 3 * 400
-    assert "at the target-word positions" in plan["method"]
-    share = e["target_kl_share_of_ue8m0"]
+    e = data["plan"]["e2e"]
     ue8m0 = e["all_ue8m0"]["target_kl_increase_pct"]["value"]
-    assert share == (pytest.approx(e["target_kl_increase_pct"]["value"] / ue8m0) if ue8m0 > 0 else 0.0)
-    assert plan["within_tolerance"] == (share <= 0.2)
-    text = "\n".join(render.plan_lines(report))
-    assert "KL increase at the target-word positions)" in text and "at the target-word positions it keeps" in text
+    assert e["target_kl_increase_pct"]["value"] == pytest.approx(
+        100 * data["e2e"]["plan_vs_fp32"]["target_kl_increase"])
+    assert e["target_kl_share_of_ue8m0"] == (pytest.approx(e["target_kl_increase_pct"]["value"] / ue8m0)
+                                             if ue8m0 > 0 else 0.0)
+    assert data["plan"]["within_tolerance"] == (e["kl_share_of_ue8m0"] <= 0.2)  # judged on every position
+    assert "at the target-word positions it keeps" in "\n".join(render.plan_lines(report))
 
 
 def test_fisher_sensitivity_equals_the_direct_computation(tiny_llama, ids):

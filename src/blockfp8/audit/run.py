@@ -171,28 +171,22 @@ def audit_model(
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def _choose_plan(model, rows, ids, targets, block, batch, tolerance, progress
-                 ) -> tuple[list[str], list[dict], int, int | None]:
+def _choose_plan(model, rows, ids, block, batch, tolerance, progress) -> tuple[list[str], list[dict], int]:
     from blockfp8.audit import e2e, scale_plan, sensitivity
 
-    if tolerance.positions == "all":
-        targets = None
-    elif targets is None:
-        raise ValueError("plan positions 'targets' need the target-word marks, and this tokenizer gives no "
-                         "character offsets; use --plan-positions all")
     scores = None
     if tolerance.rank in scale_plan.FISHER_RANKINGS:
-        scores = sensitivity.fisher_sensitivity(model, ids, block, batch_size=max(1, batch // 2), targets=targets)
+        scores = sensitivity.fisher_sensitivity(model, ids, block, batch_size=max(1, batch // 2))
         for r in rows:
             r["ue8m0_sensitivity"] = scores[r["name"]]
     sim = e2e.FP8Simulator(model, block)
-    selection = scale_plan.SelectionSet(model, ids, sim, batch, targets)
+    selection = scale_plan.SelectionSet(model, ids, sim, batch)
     float32_layers, steps = scale_plan.choose(rows, selection, tolerance, scores)
     if progress:
         from blockfp8.log import step
 
         step(f"plan: {len(float32_layers)} layers on float32 scales after {len(steps)} measured plans")
-    return float32_layers, steps, int(ids.numel()), None if targets is None else selection.positions
+    return float32_layers, steps, int(ids.numel())
 
 
 def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, thresholds, device, batch_tokens,
@@ -212,8 +206,7 @@ def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, th
         plans = {}
         if plan is not None:
             t1 = time.perf_counter()
-            targets = None if cw.targets is None else cw.targets[:plan_windows]
-            f32, steps, sel_tokens, sel_targets = _choose_plan(model, layer_rows, cw.ids[:plan_windows], targets, block,
+            f32, steps, sel_tokens = _choose_plan(model, layer_rows, cw.ids[:plan_windows], block,
                                                   max(1, batch // 2), plan, progress)
             plans[scale_plan.PLAN] = f32
             timings["plan_s"] = round(time.perf_counter() - t1, 3)
@@ -225,7 +218,7 @@ def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, th
         e2e_result["model_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
         timings["e2e_s"] = round(time.perf_counter() - t1, 3)
         if plan is not None:
-            plan_result = scale_plan.plan_section(layer_rows, f32, e2e_result, steps, plan, sel_tokens, sel_targets)
+            plan_result = scale_plan.plan_section(layer_rows, f32, e2e_result, steps, plan, sel_tokens)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     return build_report(
         model=name,

@@ -13,10 +13,9 @@ windows are the head of the calibration text, never the held-out text: the chose
 held-out windows beside all-float32 and all-UE8M0 (``e2e.measure`` with the plan as a variant), with bootstrap
 intervals, and ``plan_section`` reports those numbers, not the ones it was chosen on.
 
-``positions="targets"`` chooses the plan on the task's own positions instead of every position: the Fisher scores
-and the KL are taken only where the text predicts a LAMBADA target word (``text.Windows.targets``), and the
-held-out tolerance is judged on the KL there. On SmolLM2 the every-position plan measured worse than all-UE8M0
-on those words (docs/audit.md); this is the objective that sees it.
+Where the held-out text marks LAMBADA's target words, the section also gives the plan's KL increase at the
+positions that predict them and its target-word perplexity against all-UE8M0 (``target_words_check``): on SmolLM2
+a plan within tolerance on every position's KL was worse than all-UE8M0 on those words (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from blockfp8.audit.e2e import FP8Simulator, log_probs, window_sums
 
 PLAN = "plan"  # the plan's variant name in the e2e section
 RANKINGS = ("fisher_per_flop", "fisher", "bits")
-POSITIONS = ("all", "targets")  # where the plan's KL (and Fisher loss) is measured
 FISHER_RANKINGS = ("fisher_per_flop", "fisher")  # the rankings that need ``sensitivity.fisher_sensitivity`` scores
 _METHOD = {"fisher_per_flop": "Fisher-weighted output error per GEMM FLOP", "fisher": "Fisher-weighted output error",
            "bits": "bits lost"}
@@ -47,7 +45,6 @@ class PlanTolerance:
     # A floor on the GEMM FLOPs left on UE8M0: the plan never keeps more layers on float32 scales than this allows,
     # even when the KL tolerance then cannot be met (``within_tolerance`` says so). 0 = no floor.
     min_ue8m0_flop_share: float = 0.0
-    positions: str = "all"  # one of POSITIONS: every position, or the task's target-word positions
 
     def __post_init__(self) -> None:
         f = self.min_ue8m0_flop_share
@@ -58,31 +55,17 @@ class PlanTolerance:
             raise ValueError(f"plan tolerance kl_share={self.kl_share!r} must be a number in [0, 1]")
         if self.rank not in RANKINGS:
             raise ValueError(f"plan ranking {self.rank!r} is not valid; valid values: {', '.join(RANKINGS)}")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"plan positions {self.positions!r} are not valid; valid values: {', '.join(POSITIONS)}")
 
 
 class SelectionSet:
     """Selection windows with the unquantized log-probabilities kept, so that each candidate plan costs one
-    simulated forward pass. Memory: windows x seq_len x vocab float32 values on the model's device. With
-    ``targets`` (bool, like ``ids``) the KL is the mean over the positions that predict a marked token."""
+    simulated forward pass. Memory: windows x seq_len x vocab float32 values on the model's device."""
 
-    def __init__(self, model: torch.nn.Module, ids: torch.Tensor, sim: FP8Simulator, batch_size: int,
-                 targets: torch.Tensor | None = None):
+    def __init__(self, model: torch.nn.Module, ids: torch.Tensor, sim: FP8Simulator, batch_size: int):
         self.model, self.sim = model, sim
         device = next(model.parameters()).device
         self.batches = [ids[i : i + batch_size].to(device) for i in range(0, ids.shape[0], batch_size)]
-        self.targets = None
         self.positions = int(ids.numel())
-        if targets is not None:
-            if tuple(targets.shape) != tuple(ids.shape):
-                raise ValueError(f"plan selection: targets shape {tuple(targets.shape)} != ids shape "
-                                 f"{tuple(ids.shape)}")
-            self.positions = int(targets[:, 1:].sum())
-            if self.positions == 0:
-                raise ValueError("plan selection: the selection windows hold no target-word token; use more "
-                                 "--plan-windows")
-            self.targets = [targets[i : i + batch_size].to(device) for i in range(0, ids.shape[0], batch_size)]
         with torch.no_grad():
             self.base = [log_probs(model, x) for x in self.batches]
         with sim.active("float32"):
@@ -97,10 +80,8 @@ class SelectionSet:
     @torch.no_grad()
     def _kl(self) -> float:
         total = 0.0
-        for i, (x, lp_base) in enumerate(zip(self.batches, self.base, strict=True)):
-            t = None if self.targets is None else self.targets[i]
-            sums = window_sums(lp_base, log_probs(self.model, x), x, t)
-            total += float(sums["kl" if t is None else "tkl"].sum())
+        for x, lp_base in zip(self.batches, self.base, strict=True):
+            total += float(window_sums(lp_base, log_probs(self.model, x), x)["kl"].sum())
         return total / self.positions
 
     def kl(self, float32_layers: Collection[str]) -> float:
@@ -222,34 +203,27 @@ def target_words_check(plan_deltas: Mapping[str, Any]) -> dict | None:
 
 
 def plan_section(rows: Sequence[Mapping[str, Any]], float32_layers: Sequence[str], e2e: Mapping[str, Any],
-                 steps: Sequence[Mapping[str, Any]], tolerance: PlanTolerance, selection_tokens: int,
-                 selection_targets: int | None = None) -> dict:
+                 steps: Sequence[Mapping[str, Any]], tolerance: PlanTolerance, selection_tokens: int) -> dict:
     """The report's ``plan`` object (docs/audit.md): the layers, the FLOP share left on UE8M0 and the held-out
     deltas of the plan and of all-UE8M0 against all-float32."""
     plan, ue8m0 = e2e[f"{PLAN}_vs_fp32"], e2e["ue8m0_vs_fp32"]
     share = _share(plan, ue8m0, "kl_increase")
-    target_share = _share(plan, ue8m0, "target_kl_increase") if "target_kl_increase" in plan else None
-    if tolerance.positions == "targets" and target_share is None:
-        raise ValueError("plan: chosen on target-word positions, but the held-out windows measured none")
-    judged = target_share if tolerance.positions == "targets" else share
     deltas = _deltas(plan)
-    where = "at the target-word positions" if tolerance.positions == "targets" else "over every position"
     e2e_out = {**deltas, "kl_share_of_ue8m0": share, "all_ue8m0": _deltas(ue8m0)}
-    if target_share is not None:
-        e2e_out["target_kl_share_of_ue8m0"] = target_share
+    if "target_kl_increase" in plan:  # where the held-out text marks target words: the KL share at those positions
+        e2e_out["target_kl_share_of_ue8m0"] = _share(plan, ue8m0, "target_kl_increase")
     return {
         "method": f"greedy by {_METHOD[tolerance.rank]}: "
-                  f"the k worst layers keep float32 scales, k the smallest whose KL excess over all-float32 {where} "
-                  "is within the tolerance on the selection windows (bisection); verified on the held-out windows",
+                  "the k worst layers keep float32 scales, k the smallest whose KL excess over all-float32 is within "
+                  "the tolerance on the selection windows (bisection); verified on the held-out windows",
         "tolerance": asdict(tolerance),
         "float32_layers": list(float32_layers),
         "ue8m0_layers": len(rows) - len(float32_layers),
         "layers": len(rows),
         "ue8m0_flop_share": ue8m0_flop_share(rows, set(float32_layers)),
         "selection": {"tokens": selection_tokens, "text": "calibration windows (head of the text)",
-                      "positions": tolerance.positions, "steps": [dict(s) for s in steps],
-                      **({"target_tokens": selection_targets} if selection_targets is not None else {})},
+                      "steps": [dict(s) for s in steps]},
         "e2e": e2e_out,
-        "within_tolerance": judged <= tolerance.kl_share,
+        "within_tolerance": share <= tolerance.kl_share,
         "target_words": target_words_check(deltas),
     }

@@ -9,8 +9,6 @@ output. To second order, the loss change an error ``d`` causes at token ``t`` ha
 empirical Fisher), so a layer's score in format ``f`` is ``sum_t (g_t . d_t)^2`` and its UE8M0 sensitivity is
 ``score_ue8m0 - score_float32``: what keeping it on float32 scales is worth. Cross terms between layers and
 tokens are ignored; the plan is always measured end to end afterwards, never trusted on this estimate alone.
-With ``targets`` (the task's positions, ``text.Windows.targets``) the loss is the NLL of those tokens only, so a
-layer scores by how much its error moves the task's own predictions.
 """
 
 from __future__ import annotations
@@ -50,12 +48,8 @@ class _Layer:
 
 
 def fisher_sensitivity(model: torch.nn.Module, ids: torch.Tensor, block: Sequence[int] = (128, 128), *,
-                       batch_size: int = 2, skip: Sequence[str] = UNQUANTIZED_LINEARS,
-                       targets: torch.Tensor | None = None) -> dict[str, float]:
-    """Per layer name, ``score_ue8m0 - score_float32`` over the windows ``ids`` (module order); with ``targets``
-    (bool, like ``ids``) the loss counts only the predictions of the marked tokens."""
-    if targets is not None and tuple(targets.shape) != tuple(ids.shape):
-        raise ValueError(f"fisher_sensitivity: targets shape {tuple(targets.shape)} != ids shape {tuple(ids.shape)}")
+                       batch_size: int = 2, skip: Sequence[str] = UNQUANTIZED_LINEARS) -> dict[str, float]:
+    """Per layer name, ``score_ue8m0 - score_float32`` over the windows ``ids`` (module order)."""
     block = ref.normalize_block_size(block)
     named = linear_modules(model, skip)
     layers = {n: _Layer(m, block, n) for n, m in named}
@@ -71,13 +65,10 @@ def fisher_sensitivity(model: torch.nn.Module, ids: torch.Tensor, block: Sequenc
             with torch.enable_grad():
                 inputs = embed(x).detach().requires_grad_(True)  # weights stay frozen; activations carry gradients
                 logits = model(inputs_embeds=inputs, use_cache=False).logits.float()
-                nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                        x[:, 1:].reshape(-1), reduction="none")
-                if targets is not None:
-                    nll = nll * targets[i : i + batch_size, 1:].reshape(-1).to(device, nll.dtype)
-                loss = nll.sum()
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                         x[:, 1:].reshape(-1), reduction="sum")
                 loss.backward()
-            del logits, nll, loss, inputs
+            del logits, loss, inputs
     finally:
         for h in handles:
             h.remove()

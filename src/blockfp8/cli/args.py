@@ -163,7 +163,7 @@ def given_thresholds(args: argparse.Namespace) -> list[str]:
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     """The per-layer scale-format plan and the calibrated verdict (``audit --e2e``, ``check``)."""
-    from blockfp8.audit.scale_plan import POSITIONS, RANKINGS, PlanTolerance
+    from blockfp8.audit.scale_plan import RANKINGS, PlanTolerance
 
     group = parser.add_argument_group("per-layer plan and task-level verdict (docs/audit.md)")
     group.add_argument("--no-plan", action="store_true", help="do not choose a per-layer scale-format plan")
@@ -178,10 +178,6 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                        help="keep at least this share of the GEMM FLOPs on UE8M0, even past the tolerance (default 0)")
     group.add_argument("--plan-windows", type=positive_int, default=16, metavar="N",
                        help="calibration windows the plan is chosen on (default 16)")
-    group.add_argument("--plan-positions", choices=POSITIONS, default=PlanTolerance().positions,
-                       help="where the plan's KL and Fisher loss are measured: every position, or only where the "
-                            "text predicts a LAMBADA target word, the task's own positions (then use more "
-                            f"--plan-windows: about one target per 80 tokens) (default {PlanTolerance().positions})")
     group.add_argument("--verdict-calibration", metavar="FILE",
                        help="task-level calibration made by `blockfp8 calibrate` (default: the shipped data)")
     group.add_argument("--task", default="lambada", help="the task whose predicted effect decides (default lambada)")
@@ -192,8 +188,7 @@ def plan_from_args(args: argparse.Namespace):
     from blockfp8.audit.scale_plan import PlanTolerance
 
     try:
-        plan = None if args.no_plan else PlanTolerance(args.plan_tolerance, args.plan_rank, args.plan_min_flops,
-                                                       args.plan_positions)
+        plan = None if args.no_plan else PlanTolerance(args.plan_tolerance, args.plan_rank, args.plan_min_flops)
     except ValueError as exc:
         raise UsageError(f"--plan-tolerance / --plan-min-flops: {exc}") from None
     verdict = {"given_thresholds": given_thresholds(args), "verdict_calibration": args.verdict_calibration,
