@@ -9,9 +9,13 @@ import pytest
 from blockfp8.audit import predict
 
 
-def point(audit_acc, task_acc, p, *, audit_ppl=1.0, task_ppl=2.0, items=1000, discordant=100, task="lambada"):
+def point(audit_acc, task_acc, p, *, audit_ppl=1.0, task_ppl=2.0, items=1000, discordant=100, task="lambada",
+          target_ppl=None):
+    audit = {"acc_change_pp": audit_acc, "ppl_increase_pct": audit_ppl}
+    if target_ppl is not None:
+        audit["target_ppl_increase_pct"] = target_ppl
     return {"model": "m", "task": task, "items": items, "pair": ["ue8m0", "fp32"],
-            "audit": {"acc_change_pp": audit_acc, "ppl_increase_pct": audit_ppl},
+            "audit": audit,
             "task_delta": {"acc_change_pp": task_acc, "mcnemar_p": p, "discordant": discordant,
                            "ppl_increase_pct": task_ppl, "ppl_increase_ci": [task_ppl - 1, task_ppl + 1]}}
 
@@ -55,6 +59,7 @@ def test_points_without_perplexity_and_other_tasks():
     (lambda d: d["points"][0].pop("items"), r"points\[0\].items is missing"),
     (lambda d: d["points"][0]["audit"].update(acc_change_pp=math.inf), r"points\[0\].audit.acc_change_pp"),
     (lambda d: d["points"][0]["task_delta"].update(ppl_increase_ci=[1]), "ppl_increase_ci must be"),
+    (lambda d: d["points"][0]["audit"].update(target_ppl_increase_pct="x"), r"audit.target_ppl_increase_pct"),
 ])
 def test_bad_calibration_files_are_named(tmp_path, mutate, match):
     data = {"schema": predict.CALIBRATION_SCHEMA, "points": [point(-0.2, -0.4, 0.5)]}
@@ -72,6 +77,39 @@ def test_the_shipped_calibration_loads():
     cal, source = predict.calibration_for("lambada")
     assert source.endswith(predict.CALIBRATION_DATA) and cal.points >= 3 and cal.acc_ratio > 0
     assert "smollm2" in cal.models and cal.loss_boundary_pp > 0
+
+
+def test_target_word_perplexity_predicts_task_perplexity_where_measured():
+    # every-position perplexity says ~nothing (+0.1%); the target words carry the task's +8%
+    points = [point(-0.2, -0.4, 0.5, audit_ppl=1.0, task_ppl=3.0, target_ppl=2.0),
+              point(-0.3, -0.6, 0.3, audit_ppl=0.1, task_ppl=8.0, target_ppl=5.3)]
+    cal = predict.calibrate(points, "lambada")
+    assert cal.target_points == 2 and cal.target_ppl_ratio == pytest.approx((2 * 3 + 5.3 * 8) / (4 + 5.3 ** 2))
+    assert cal.target_ppl_sd > 0 and cal.as_dict()["target_ppl_ratio"] == cal.target_ppl_ratio
+    delta = {"acc_change": -0.003, "acc_change_ci": [-0.005, -0.001], "ppl_increase": 0.001,
+             "ppl_increase_ci": [0.0, 0.002]}
+    by_all = predict.predict(delta, cal)["ppl_increase_pct"]
+    assert by_all["from"] == "all_positions" and by_all["value"] == pytest.approx(cal.ppl_ratio * 0.1)
+    p = predict.predict({**delta, "target_ppl_increase": 0.05, "target_ppl_increase_ci": [0.03, 0.08]}, cal)
+    q = p["ppl_increase_pct"]
+    assert q["from"] == "target_words" and q["value"] == pytest.approx(cal.target_ppl_ratio * 5)
+    assert q["interval"] == pytest.approx([cal.target_ppl_ratio * 3 - predict.Z95 * cal.target_ppl_sd,
+                                           cal.target_ppl_ratio * 8 + predict.Z95 * cal.target_ppl_sd])
+    assert p["audit"]["target_ppl_increase_pct"] == {"value": pytest.approx(5.0), "ci": pytest.approx([3.0, 8.0])}
+    assert "(from the target words)" in predict_line(p)
+    # below MIN_TARGET_POINTS points with target words the predictor is not used
+    one = predict.calibrate([points[0], point(-0.3, -0.6, 0.3)], "lambada")
+    assert one.target_ppl_ratio is None and one.target_points == 1
+    assert predict.predict({**delta, "target_ppl_increase": 0.05, "target_ppl_increase_ci": [0.03, 0.08]},
+                           one)["ppl_increase_pct"]["from"] == "all_positions"
+    rows = predict.leave_one_out(points + [point(-0.5, -1.0, 0.01, target_ppl=1.0)], "lambada")
+    assert [r["ppl_from"] for r in rows] == ["target_words"] * 3
+
+
+def predict_line(p):
+    from blockfp8.audit.verdict import prediction_line
+
+    return prediction_line(p, "the plan")
 
 
 def test_leave_one_out_predicts_each_point_from_the_others():

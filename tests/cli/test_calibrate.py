@@ -46,7 +46,17 @@ def test_points_pair_what_both_files_hold():
         100 * (10.3 / 10.1 - 1))
     assert p["variants"] == ["fp8-ue8m0", "fp8-float32"] and p["items"] == 200
     assert p["task_delta"]["ppl_increase_pct"] > 0 and 0 <= p["task_delta"]["mcnemar_p"] <= 1
+    assert "target_ppl_increase_pct" not in p["audit"]  # this audit measured no target words
     predict.check_points(points, "x")  # the audit side accepts them
+    e = _e2e()
+    for v, tppl in (("base", 20.0), ("fp32", 20.4), ("ue8m0", 21.0), ("plan", 21.5)):
+        e[v][f"tppl_{v}"] = tppl
+    with_words = calibration_points({"model": "m", "e2e": e, "plan": {"float32_layers": []}}, _results(), "r.json",
+                                    "e.json")
+    by_pair = {tuple(q["pair"]): q["audit"]["target_ppl_increase_pct"] for q in with_words}
+    assert by_pair[("ue8m0", "fp32")] == pytest.approx(100 * (21.0 / 20.4 - 1))
+    assert by_pair[("plan", "base")] == pytest.approx(100 * (21.5 / 20.0 - 1))
+    predict.check_points(with_words, "x")
 
 
 def test_cli_writes_appends_and_feeds_the_verdict(tmp_path, capsys):

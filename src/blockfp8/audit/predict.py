@@ -12,6 +12,13 @@ residual variance plus the task's own paired sampling variance at its size. The 
 the task delta was negative and significant (McNemar p < ``ALPHA``); the loss boundary is the cut between the
 predicted losses of harmless and harmful points that misclassifies fewest (midpoint). A verdict is unsafe when
 the predicted task accuracy loss exceeds that boundary.
+
+Task perplexity has a second predictor where the audit measured it: the perplexity of the held-out passages'
+LAMBADA target words (``e2e.<v>_vs_fp32.target_ppl_increase``), the task's own positions. Points that carry it
+(``audit.target_ppl_increase_pct``) get their own ratio fit; with at least ``MIN_TARGET_POINTS`` of them, a
+prediction whose audit measured target words uses it (``ppl_increase_pct.from == "target_words"``). On SmolLM2
+(H200) the every-position perplexity predicted +0.1% for a plan that cost +8.3% on LAMBADA; the target words
+measured +5.7% for it (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ CALIBRATION_DATA = "verdict_calibration.json"
 CALIBRATION_SCHEMA = "blockfp8.verdict-calibration/1"
 ALPHA = 0.05
 Z95 = 1.959963984540054
+MIN_TARGET_POINTS = 2  # points with a target-word perplexity before that predictor is used
 
 
 class CalibrationError(ValueError):
@@ -48,11 +56,16 @@ class TaskCalibration:
     loss_boundary_pp: float  # predicted accuracy loss above which a variant is unsafe
     separable: bool  # the boundary classifies every point correctly
     models: tuple[str, ...]
+    # task Δppl (%) per audit target-word Δppl (%), and its sd; None below MIN_TARGET_POINTS points with it
+    target_ppl_ratio: float | None = None
+    target_ppl_sd: float | None = None
+    target_points: int = 0
 
     def as_dict(self) -> dict:
         return {"task": self.task, "points": self.points, "acc_ratio": self.acc_ratio, "acc_sd_pp": self.acc_sd,
                 "ppl_ratio": self.ppl_ratio, "ppl_sd_pct": self.ppl_sd, "loss_boundary_pp": self.loss_boundary_pp,
-                "separable": self.separable, "models": list(self.models)}
+                "separable": self.separable, "models": list(self.models), "target_ppl_ratio": self.target_ppl_ratio,
+                "target_ppl_sd_pct": self.target_ppl_sd, "target_points": self.target_points}
 
 
 _POINT_FIELDS = {"audit": ("acc_change_pp", "ppl_increase_pct"),
@@ -90,6 +103,8 @@ def check_points(points: Any, source: str) -> list[dict]:
                         _number(v, f"{where}.{section}.{key}[{j}]")
                 else:
                     _number(value, f"{where}.{section}.{key}")
+        if isinstance(p["audit"], dict) and p["audit"].get("target_ppl_increase_pct") is not None:
+            _number(p["audit"]["target_ppl_increase_pct"], f"{where}.audit.target_ppl_increase_pct")
     return points
 
 
@@ -149,8 +164,13 @@ def calibrate(points: Sequence[Mapping[str, Any]], task: str) -> TaskCalibration
     with_ppl = [p for p in mine if p["task_delta"].get("ppl_increase_pct") is not None]
     ppl_ratio, ppl_resid = _fit([p["audit"]["ppl_increase_pct"] for p in with_ppl],
                                 [p["task_delta"]["ppl_increase_pct"] for p in with_ppl])
-    ppl_noise = [(p["task_delta"]["ppl_increase_ci"][1] - p["task_delta"]["ppl_increase_ci"][0]) / (2 * Z95)
-                 for p in with_ppl] or [0.0]
+    ppl_noise = [_ppl_noise(p) for p in with_ppl] or [0.0]
+    with_target = [p for p in with_ppl if p["audit"].get("target_ppl_increase_pct") is not None]
+    target_ratio = target_sd = None
+    if len(with_target) >= MIN_TARGET_POINTS:
+        target_ratio, target_resid = _fit([p["audit"]["target_ppl_increase_pct"] for p in with_target],
+                                          [p["task_delta"]["ppl_increase_pct"] for p in with_target])
+        target_sd = math.hypot(target_resid, sum(map(_ppl_noise, with_target)) / len(with_target))
     losses = [-acc_ratio * a for a in a_acc]
     harmful = [p["task_delta"]["mcnemar_p"] < ALPHA and p["task_delta"]["acc_change_pp"] < 0 for p in mine]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
@@ -160,7 +180,14 @@ def calibrate(points: Sequence[Mapping[str, Any]], task: str) -> TaskCalibration
     return TaskCalibration(task=task, points=len(mine), acc_ratio=acc_ratio,
                            acc_sd=acc_sd, ppl_ratio=ppl_ratio,
                            ppl_sd=math.hypot(ppl_resid, mean(ppl_noise)), loss_boundary_pp=boundary,
-                           separable=separable, models=tuple(dict.fromkeys(p["model"] for p in mine)))
+                           separable=separable, models=tuple(dict.fromkeys(p["model"] for p in mine)),
+                           target_ppl_ratio=target_ratio, target_ppl_sd=target_sd, target_points=len(with_target))
+
+
+def _ppl_noise(p: Mapping[str, Any]) -> float:
+    """A point's task perplexity sampling sd (%), from its 95% interval."""
+    lo, hi = p["task_delta"]["ppl_increase_ci"]
+    return (hi - lo) / (2 * Z95)
 
 
 def _interval(ratio: float, lo: float, hi: float, sd: float) -> list[float]:
@@ -172,13 +199,21 @@ def predict(delta: Mapping[str, Any], cal: TaskCalibration) -> dict:
     """The predicted task effect of one e2e comparison (``e2e["ue8m0_vs_fp32"]`` or a plan's), in points and %."""
     acc, acc_ci = 100 * delta["acc_change"], [100 * x for x in delta["acc_change_ci"]]
     ppl, ppl_ci = 100 * delta["ppl_increase"], [100 * x for x in delta["ppl_increase_ci"]]
+    audit = {"next_token_acc_change_pp": {"value": acc, "ci": acc_ci}, "ppl_increase_pct": {"value": ppl, "ci": ppl_ci}}
+    ppl_pred = {"value": cal.ppl_ratio * ppl, "interval": _interval(cal.ppl_ratio, *ppl_ci, cal.ppl_sd),
+                "from": "all_positions"}
+    if "target_ppl_increase" in delta:
+        tppl, tppl_ci = 100 * delta["target_ppl_increase"], [100 * x for x in delta["target_ppl_increase_ci"]]
+        audit["target_ppl_increase_pct"] = {"value": tppl, "ci": tppl_ci}
+        if cal.target_ppl_ratio is not None:
+            ppl_pred = {"value": cal.target_ppl_ratio * tppl,
+                        "interval": _interval(cal.target_ppl_ratio, *tppl_ci, cal.target_ppl_sd),
+                        "from": "target_words"}
     return {
         "task": cal.task,
         "acc_change_pp": {"value": cal.acc_ratio * acc, "interval": _interval(cal.acc_ratio, *acc_ci, cal.acc_sd)},
-        "ppl_increase_pct": {"value": cal.ppl_ratio * ppl,
-                             "interval": _interval(cal.ppl_ratio, *ppl_ci, cal.ppl_sd)},
-        "audit": {"next_token_acc_change_pp": {"value": acc, "ci": acc_ci},
-                  "ppl_increase_pct": {"value": ppl, "ci": ppl_ci}},
+        "ppl_increase_pct": ppl_pred,
+        "audit": audit,
         "unsafe": -cal.acc_ratio * acc > cal.loss_boundary_pp,
     }
 
@@ -221,8 +256,12 @@ def leave_one_out(points: Sequence[Mapping[str, Any]], task: str) -> list[dict]:
         row = {"pair": p["pair"], "acc_interval": acc, "acc": p["task_delta"]["acc_change_pp"]}
         row["acc_covered"] = acc[0] <= row["acc"] <= acc[1]
         if p["task_delta"].get("ppl_increase_pct") is not None:
-            ppl = _interval(cal.ppl_ratio, q, q, cal.ppl_sd)
+            t = p["audit"].get("target_ppl_increase_pct")
+            by_target = t is not None and cal.target_ppl_ratio is not None
+            ppl = (_interval(cal.target_ppl_ratio, t, t, cal.target_ppl_sd) if by_target
+                   else _interval(cal.ppl_ratio, q, q, cal.ppl_sd))
             row.update(ppl_interval=ppl, ppl=p["task_delta"]["ppl_increase_pct"],
-                       ppl_covered=ppl[0] <= p["task_delta"]["ppl_increase_pct"] <= ppl[1])
+                       ppl_covered=ppl[0] <= p["task_delta"]["ppl_increase_pct"] <= ppl[1],
+                       ppl_from="target_words" if by_target else "all_positions")
         out.append(row)
     return out

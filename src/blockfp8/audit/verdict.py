@@ -123,7 +123,8 @@ def prediction_line(p: Mapping[str, Any], what: str = "UE8M0") -> str:
     a, q = p["acc_change_pp"], p["ppl_increase_pct"]
     return (f"predicted {p['task']} effect of {what} vs float32 scales: accuracy {a['value']:+.2f} pp "
             f"[{a['interval'][0]:+.2f}, {a['interval'][1]:+.2f}], perplexity {q['value']:+.2f}% "
-            f"[{q['interval'][0]:+.2f}, {q['interval'][1]:+.2f}]")
+            f"[{q['interval'][0]:+.2f}, {q['interval'][1]:+.2f}]"
+            + (" (from the target words)" if q.get("from") == "target_words" else ""))
 
 
 def model_verdict(summary: Mapping[str, Any], thresholds: Thresholds, e2e: Mapping[str, Any] | None = None,

@@ -73,11 +73,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {c.task}: task accuracy change = {c.acc_ratio:.3f} x audit next-token accuracy change "
               f"(sd {c.acc_sd:.2f} pp); perplexity {c.ppl_ratio:.3f} x (sd {c.ppl_sd:.2f}%); unsafe above a "
               f"predicted loss of {c.loss_boundary_pp:.2f} pp{'' if c.separable else ' (points not separable)'}")
+        if c.target_ppl_ratio is not None:
+            print(f"  {c.task}: task perplexity change = {c.target_ppl_ratio:.3f} x audit target-word perplexity "
+                  f"change (sd {c.target_ppl_sd:.2f}%, {c.target_points} points)")
         if c.points >= 3:
             for row in leave_one_out(points, c.task):
                 ppl = (f"; perplexity {row['ppl']:+.2f}% in [{row['ppl_interval'][0]:+.2f}, "
-                       f"{row['ppl_interval'][1]:+.2f}]: {'covered' if row['ppl_covered'] else 'MISSED'}"
-                       if "ppl" in row else "")
+                       f"{row['ppl_interval'][1]:+.2f}]"
+                       f"{' (from the target words)' if row['ppl_from'] == 'target_words' else ''}: "
+                       f"{'covered' if row['ppl_covered'] else 'MISSED'}" if "ppl" in row else "")
                 print(f"    leave-one-out {row['pair'][0]} vs {row['pair'][1]}: accuracy {row['acc']:+.2f} pp in "
                       f"[{row['acc_interval'][0]:+.2f}, {row['acc_interval'][1]:+.2f}]: "
                       f"{'covered' if row['acc_covered'] else 'MISSED'}{ppl}")

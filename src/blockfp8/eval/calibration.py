@@ -34,6 +34,12 @@ def audit_variant(settings: Mapping[str, Any] | None, plan_layers: Collection[st
     return "ue8m0" if settings.get("scale_fmt") == "ue8m0" else "fp32"
 
 
+def _target_ppl(e2e: Mapping[str, Any], v: str) -> float | None:
+    """The perplexity of the held-out target words under audit variant ``v``, where the audit measured them."""
+    value = (e2e.get(v) or {}).get(f"tppl_{v}")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _audit_numbers(e2e: Mapping[str, Any], v: str, where: str) -> tuple[float, float]:
     """(next-token accuracy, perplexity) of audit variant ``v``."""
     block = e2e.get(v)
@@ -72,11 +78,15 @@ def calibration_points(report: Mapping[str, Any], results: Mapping[str, Any], re
                                           samples=2000, seed=0)
             delta["ppl_increase_pct"] = 100 * (boot["ratio"] - 1)
             delta["ppl_increase_ci"] = [100 * (boot["ratio_ci"][0] - 1), 100 * (boot["ratio_ci"][1] - 1)]
+        audit = {"acc_change_pp": 100 * (acc_v - acc_r), "ppl_increase_pct": 100 * (ppl_v / ppl_r - 1),
+                 "tokens": e2e.get("tokens")}
+        tv, tr = _target_ppl(e2e, v), _target_ppl(e2e, ref)
+        if tv is not None and tr is not None and tr > 0:
+            audit["target_ppl_increase_pct"] = 100 * (tv / tr - 1)
         points.append({
             "model": report.get("model"), "task": task, "items": items, "pair": [v, ref],
             "variants": [by_audit[v], by_audit[ref]],
-            "audit": {"acc_change_pp": 100 * (acc_v - acc_r), "ppl_increase_pct": 100 * (ppl_v / ppl_r - 1),
-                      "tokens": e2e.get("tokens")},
+            "audit": audit,
             "task_delta": delta,
             "sources": [report_source, results_source],
         })
