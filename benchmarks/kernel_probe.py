@@ -2,14 +2,15 @@
 docs/kernels.md, "Kernel probes"). Writes one CSV row per (part, shape, M, variant); prints a short table.
 
 Parts:
-* ``prefill``: Triton block-FP8 configs (the tuner's candidates plus occupancy-oriented ones and a warp-specialized
-  K loop) against torch's blockwise ``scaled_mm``, M in {512, 4096};
+* ``prefill``: Triton block-FP8 configs (the tuner's candidates plus occupancy-oriented ones) against torch's
+  blockwise ``scaled_mm``, M in {512, 4096}; ``prefill_ws``: the same cells with a warp-specialized K loop
+  (a part of its own, so that a hang there costs only that part);
 * ``ragged``: ``scaled_mm`` on a ragged N (2880) against the same GEMM with N padded to the next multiple of 128;
 * ``decode``: every Triton decode candidate on the ragged shapes, weights cold (a chain of copies in one graph).
 
-Usage: python benchmarks/kernel_probe.py --out probe.csv [--parts prefill,ragged,decode]
-(On an H200 with Triton 3.6 the ``prefill`` part did not finish within 9 minutes and wrote nothing; which variant
-hung was not isolated. Run it under ``timeout``.)
+Usage: python benchmarks/kernel_probe.py --out probe.csv [--parts ragged,prefill,decode,prefill_ws]
+(On an H200 with Triton 3.6 the ``prefill`` part, then holding the warp-specialized variants too, did not finish
+within 9 minutes and wrote nothing; which variant hung was not isolated. Run each part under ``timeout``.)
 """
 # ruff: noqa: B023  (every closure is timed within the loop iteration that made it)
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 
@@ -105,10 +107,10 @@ def check(out, ref_out, name):
         raise AssertionError(f"{name}: max rel err {err}")
 
 
-def part_prefill(rows, env):
-    cfgs = [c for c in candidate_configs(4096) if c["kernel"] == "tma"] + extra_prefill_configs()
-    status = precompile(cfgs)
-    cfgs = [c for c in cfgs if status[__import__("json").dumps(c, sort_keys=True)] == "ok"]
+def part_prefill(rows, env, ws: bool = False):
+    cfgs = [] if ws else [c for c in candidate_configs(4096) if c["kernel"] == "tma"] + extra_prefill_configs()
+    status = precompile(cfgs) if cfgs else {}
+    cfgs = [c for c in cfgs if status[json.dumps(c, sort_keys=True)] == "ok"]
     for n, k in PREFILL_NK:
         for m in (512, 4096):
             x, x_q, x_s, w_q, w_s = operands(m, n, k)
@@ -125,7 +127,7 @@ def part_prefill(rows, env):
             variants = [("triton", c, lambda c=c: tgemm.fp8_block_gemm(x_q, xs_mn, w_q, w_s, config=c))
                         for c in cfgs]
             for bm, bn, w, st in ((128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3), (128, 128, 4, 4),
-                                  (64, 128, 4, 4)):
+                                  (64, 128, 4, 4)) if ws else ():
                 c = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": st}
                 variants.append(("triton_ws", c, lambda c=c: ws_gemm(x_q, xs_mn, w_q, w_s, c)))
             for name, c, fn in variants:
@@ -187,12 +189,14 @@ def part_decode(rows, env):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--parts", default="prefill,ragged,decode")
+    p.add_argument("--parts", default="ragged,prefill,decode")
     args = p.parse_args()
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     rows: list[dict] = []
     for part in args.parts.split(","):
-        {"prefill": part_prefill, "ragged": part_ragged, "decode": part_decode}[part](rows, env)
+        parts = {"prefill": part_prefill, "prefill_ws": lambda r, e: part_prefill(r, e, ws=True),
+                 "ragged": part_ragged, "decode": part_decode}
+        parts[part](rows, env)
         with open(args.out, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
