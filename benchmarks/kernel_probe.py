@@ -197,6 +197,8 @@ def main() -> None:
         parts = {"prefill": part_prefill, "prefill_ws": lambda r, e: part_prefill(r, e, ws=True),
                  "ragged": part_ragged, "decode": part_decode}
         parts[part](rows, env)
+        if not rows:
+            continue
         with open(args.out, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
