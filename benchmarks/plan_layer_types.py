@@ -2,14 +2,16 @@
 word, and whether every target token is the greedy choice) with the audit's simulator
 (``audit.e2e.FP8Simulator``: reference quantization of weights and activations, float32 model) for all-float32,
 all-UE8M0, and UE8M0 with one group of layers (by module name) on float32 scales; optionally the plans of audit
-reports. Each variant is compared with all-UE8M0, paired per item (bootstrap 95% interval of the mean difference
-in log-probability; McNemar's exact p on the greedy hits).
+reports, each also with its MLP formats grouped per block (``<name>_mlp_grouped``: a block whose gate, up or down
+projection the plan keeps on float32 scales keeps all three there) and without its ``down_proj`` layers
+(``<name>_no_down``). Each variant is compared with all-UE8M0, paired per item (bootstrap 95% interval of the
+mean difference in log-probability; McNemar's exact p on the greedy hits).
 
 Items are batched right-padded: a causal model's real positions never see the padding, and activation quantization
 is per token, so the padding changes no real position's numbers.
 
 Usage: PYTHONPATH=src python benchmarks/plan_layer_types.py [--items 5153] [--device cuda]
-           [--report NAME=REPORT.json ...] [--json out.json]
+           [--groups all|none|k_proj,q_proj,...] [--report NAME=REPORT.json ...] [--json out.json]
 """
 
 import argparse
@@ -37,6 +39,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--report", action="append", default=[], metavar="NAME=REPORT.json")
+    p.add_argument("--groups", default="all", help="layer groups to score: all, none, or a comma list of GROUPS")
     p.add_argument("--json")
     args = p.parse_args()
     model, tok = load_causal_lm("smollm2", dtype="float32")
@@ -49,10 +52,17 @@ def main() -> None:
     sim = FP8Simulator(model)
     names = [n for n, _ in sim.modules]
     variants = {"float32": None, "ue8m0": []}
-    variants.update({g: [n for n in names if re.search(rx, n)] for g, rx in GROUPS.items()})
+    groups = GROUPS if args.groups == "all" else {} if args.groups == "none" else {
+        g: GROUPS[g] for g in args.groups.split(",")}
+    variants.update({g: [n for n in names if re.search(rx, n)] for g, rx in groups.items()})
     for spec in args.report:
         name, path = spec.split("=", 1)
-        variants[name] = json.load(open(path))["plan"]["float32_layers"]
+        plan = json.load(open(path))["plan"]["float32_layers"]
+        variants[name] = plan
+        mlp_blocks = {n.rsplit(".mlp.", 1)[0] for n in plan if ".mlp." in n}
+        variants[f"{name}_mlp_grouped"] = [n for n in names if n in plan or (
+            ".mlp." in n and n.rsplit(".mlp.", 1)[0] in mlp_blocks)]
+        variants[f"{name}_no_down"] = [n for n in plan if not n.endswith(".down_proj")]
 
     def score(context) -> tuple[np.ndarray, np.ndarray]:
         logp, hit = [], []
