@@ -5,7 +5,8 @@ Parts:
 * ``prefill``: Triton block-FP8 configs (the tuner's candidates plus occupancy-oriented ones) against torch's
   blockwise ``scaled_mm``, M in {512, 4096}; ``prefill_ws``: the same cells with a warp-specialized K loop
   (a part of its own, so that a hang there costs only that part);
-* ``ragged``: ``scaled_mm`` on a ragged N (2880) against the same GEMM with N padded to the next multiple of 128;
+* ``ragged``: ``scaled_mm`` on a ragged N (2880) against the same GEMM with N padded to the next multiple of 128
+  (M below 4 runs 4 rows, as the layer pads them);
 * ``decode``: every Triton decode candidate on the ragged shapes, weights cold (a chain of copies in one graph).
 
 Usage: python benchmarks/kernel_probe.py --out probe.csv [--parts ragged,prefill,decode,prefill_ws]
