@@ -31,6 +31,28 @@ def test_mixed_plan_is_exact_at_both_ends(tiny_llama, ids):
         sim.active_plan(["not.a.layer"]).__enter__()
 
 
+def test_rerounded_weight_keeps_each_block_max_exact_and_rounds_the_rest_anew():
+    from blockfp8.quant import reference as ref
+
+    w = torch.randn(300, 200) * torch.logspace(-2, 1, 200)  # ragged: 3 x 2 blocks, the last ones partial
+    q, s = e2e.rerounded_weight(w, (128, 128), torch.Generator().manual_seed(0))
+    q32, s32 = ref.quantize_weight(w, (128, 128), "float32")
+    assert q.shape == w.shape and q.dtype == torch.float8_e4m3fn and s.shape == s32.shape
+    top = (s32 / s * 448).round()  # each block's scale is amax/448 or amax/416
+    assert set(top.flatten().tolist()) == {416.0, 448.0}
+    deq = ref.dequantize_weight(q, s, (128, 128), torch.float32)
+    for i in range(3):
+        for j in range(2):
+            blk = (slice(128 * i, 128 * (i + 1)), slice(128 * j, 128 * (j + 1)))
+            k = w[blk].abs().argmax()
+            assert deq[blk].flatten()[k] == pytest.approx(w[blk].flatten()[k].item(), rel=1e-6)  # the max: exact
+    assert not torch.equal(q.float(), q32.float())  # the rest: rounded anew
+    err, err32 = (deq - w).norm(), (ref.dequantize_weight(q32, s32, (128, 128), torch.float32) - w).norm()
+    assert err32 < err < 1.2 * err32  # the same precision, up to a grid at most 448/416 coarser
+    again, _ = e2e.rerounded_weight(w, (128, 128), torch.Generator().manual_seed(0))
+    assert torch.equal(again.float(), q.float())  # a seed is one rounding
+
+
 def test_search_keeps_the_worst_layers_within_tolerance(tiny_llama, ids):
     rows = [r.as_dict() for r in calibrated.audit_calibrated(tiny_llama, ids)[0]]
     ranked = scale_plan.rank_layers(rows)
@@ -119,6 +141,17 @@ def test_report_carries_the_plan_contract(tiny_llama, tmp_path):
     assert "plan" in data["summary"]["prediction"] and "ue8m0" in data["summary"]["prediction"]
     assert "plan_s" in data["run"]
     assert "target_kl_share_of_ue8m0" not in plan["e2e"]  # this tokenizer gives no offsets: no target words
+    floor = plan["rounding_floor"]  # two re-roundings of all-float32 by default
+    assert floor["roundings"] == 2 and "fp32r1_vs_fp32" in data["e2e"] and "fp32r2_vs_fp32" in data["e2e"]
+    u = data["e2e"]["ue8m0_vs_fp32"]["kl_increase"]
+    for i, share in enumerate(floor["kl_share_of_ue8m0"], 1):
+        assert share == pytest.approx(data["e2e"][f"fp32r{i}_vs_fp32"]["kl_increase"] / u)
+        assert floor["ppl_increase_pct"][i - 1] == pytest.approx(100 * data["e2e"][f"fp32r{i}_vs_fp32"]["ppl_increase"])
+    assert floor["plan_within"] == (plan["e2e"]["kl_share_of_ue8m0"] <= max(floor["kl_share_of_ue8m0"]))
+    assert "fp32r1" not in data["summary"]["prediction"]  # the floor is no candidate to predict
+    none = levels.audit_model(tiny_llama, Tok(), "tiny", calib=3, seq_len=16, eval_windows=4, n_boot=100,
+                              plan=scale_plan.PlanTolerance(0.2), plan_windows=2, roundings=0)
+    assert none.plan["rounding_floor"] is None and "fp32r1_vs_fp32" not in none.e2e
 
 
 def test_plan_reports_the_kl_share_at_target_word_positions(tiny_llama):
@@ -141,7 +174,30 @@ def test_plan_reports_the_kl_share_at_target_word_positions(tiny_llama):
     assert e["target_kl_share_of_ue8m0"] == (pytest.approx(e["target_kl_increase_pct"]["value"] / ue8m0)
                                              if ue8m0 > 0 else 0.0)
     assert data["plan"]["within_tolerance"] == (e["kl_share_of_ue8m0"] <= 0.2)  # judged on every position
-    assert "at the target-word positions it keeps" in "\n".join(render.plan_lines(report))
+    text = "\n".join(render.plan_lines(report))
+    assert "at the target-word positions it keeps" in text
+    floor = data["plan"]["rounding_floor"]
+    assert len(floor["target_ppl_increase_pct"]) == 2
+    assert "rounding floor: all-float32 rounded anew at the same precision (2 roundings)" in text
+    assert ("the plan is inside that band" in text) == floor["plan_within"]
+
+
+def test_plan_name_may_not_shadow_the_rounding_floor(tiny_llama, ids):
+    with pytest.raises(ValueError, match="fp32r1.*taken"):
+        e2e.measure(tiny_llama, ids, plans={"fp32r1": []})
+
+
+def test_plan_roundings_flag_is_checked():
+    import argparse
+
+    from blockfp8.cli.args import add_plan_arguments
+
+    parser = argparse.ArgumentParser()
+    add_plan_arguments(parser)
+    assert parser.parse_args([]).plan_roundings == 2
+    assert parser.parse_args(["--plan-roundings", "0"]).plan_roundings == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--plan-roundings", "-1"])
 
 
 def test_fisher_sensitivity_equals_the_direct_computation(tiny_llama, ids):

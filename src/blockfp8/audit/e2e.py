@@ -10,6 +10,11 @@ On held-out windows it measures, per token, the KL divergence from the unquantiz
 agreement with it, next-token accuracy (argmax = the text's next token) and the next-token negative
 log-likelihood; sums per window feed a paired bootstrap over windows (the same resampled windows for every
 variant) for 95% intervals of each mean and of every variant's deltas against FP8 with float32 scales.
+
+The rounding floor (``roundings``): all-float32 again with every weight rounded anew at the same precision (each
+block's scale is amax/448 or, for a random half of the blocks, amax/416; both are E4M3 values, so every block's
+largest weight stays exact as with float32 scales). What such a re-rounding alone moves is the size below which a
+difference between two FP8 variants is rounding luck, not scale format (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -26,6 +31,23 @@ from blockfp8.quant import reference as ref
 
 VARIANTS = ("base", "fp32", "ue8m0")  # unquantized, FP8 with float32 scales, FP8 with UE8M0 scales
 _FMT = {"fp32": "float32", "ue8m0": "ue8m0"}
+ROUNDING = "fp32r"  # e2e variant fp32r<seed>: all-float32 with the weights rounded anew (the rounding floor)
+
+
+def rerounded_weight(w: torch.Tensor, block: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w[N, K]`` quantized with float32 scales of the same precision but another rounding: each block's scale is
+    amax/448 or, for a random half of the blocks (``gen``), amax/416. 416 and 448 are E4M3 values, so the block's
+    largest weight stays exact; every other weight lands on a grid up to 448/416 coarser, so it rounds anew."""
+    bn, bk = ref.normalize_block_size(block)
+    n, k = w.shape
+    gn, gk = ref.cdiv(n, bn), ref.cdiv(k, bk)
+    blocks = torch.nn.functional.pad(w.float(), (0, gk * bk - k, 0, gn * bn - n)).view(gn, bn, gk, bk)
+    amax = blocks.abs().amax(dim=(1, 3)).clamp(min=ref.WEIGHT_EPS)
+    top = torch.where(torch.rand((gn, gk), generator=gen) < 0.5, 416.0, 448.0).to(w.device)
+    scale = amax / top
+    fmax = ref.fp8_max(torch.float8_e4m3fn)
+    q = (blocks / scale[:, None, :, None]).clamp(-fmax, fmax).to(torch.float8_e4m3fn)
+    return q.view(gn * bn, gk * bk)[:n, :k].contiguous(), scale
 
 
 class FP8Simulator:
@@ -41,8 +63,17 @@ class FP8Simulator:
         }
 
     def active(self, scale_fmt: str) -> contextlib.AbstractContextManager[None]:
-        """Every layer on ``scale_fmt`` scales (weights and activations)."""
+        """Every layer on ``scale_fmt`` scales (weights and activations); a key from ``add_rounding`` runs
+        all-float32 with that rounding of the weights."""
         return self._swapped([scale_fmt] * len(self.modules))
+
+    def add_rounding(self, seed: int) -> str:
+        """Another float32-scale rounding of every weight (``rerounded_weight``); returns the key ``active``
+        takes. Activations stay quantized as with float32 scales."""
+        key = f"float32@{seed}"
+        gen = torch.Generator().manual_seed(seed)
+        self.weights[key] = [rerounded_weight(m.weight.detach(), self.block, gen) for _, m in self.modules]
+        return key
 
     def active_plan(self, float32_layers: Collection[str]) -> contextlib.AbstractContextManager[None]:
         """A mixed plan: float32 scales for the layers named in ``float32_layers``, UE8M0 scales for the rest."""
@@ -59,8 +90,9 @@ class FP8Simulator:
             for i, ((_, m), f) in enumerate(zip(self.modules, formats, strict=True)):
                 wq, ws = self.weights[f][i]
                 saved.append((m, m.__dict__.get("forward")))
+                act = f.split("@")[0]  # a rounding key quantizes activations as its format does
 
-                def forward(x, m=m, wq=wq, ws=ws, f=f):
+                def forward(x, m=m, wq=wq, ws=ws, f=act):
                     xq, xs = ref.quantize_act(x, bk, f)
                     return ref.gemm_reference(xq, xs, wq, ws, self.block, out_dtype=x.dtype, bias=m.bias)
 
@@ -108,18 +140,25 @@ def measure(
     plans: Mapping[str, Collection[str]] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
     targets: torch.Tensor | None = None,
+    roundings: int = 0,
 ) -> dict[str, np.ndarray]:
     """Per-window sums for every variant: ``nll_<v>`` and ``hit_<v>`` (over seq_len-1 targets), ``kl_<v>`` and
     ``agree_<v>`` (over seq_len positions) for v in fp32, ue8m0 and each of ``plans`` (name -> the layers it keeps
     on float32 scales); ``nll_base`` and ``hit_base`` for the unquantized model. With ``targets`` (``text.Windows
-    .targets``) also ``tnll_<v>`` / ``tnll_base``, ``tkl_<v>`` and the target tokens per window, ``tn``."""
+    .targets``) also ``tnll_<v>`` / ``tnll_base``, ``tkl_<v>`` and the target tokens per window, ``tn``.
+    ``roundings``: that many more variants ``fp32r1``, ``fp32r2``, ...: all-float32 rounded anew (the rounding
+    floor, ``rerounded_weight``)."""
     sim = FP8Simulator(model, block, skip)
     plans = dict(plans or {})
     for name in plans:
-        if name in VARIANTS:
-            raise ValueError(f"plan name {name!r} is taken by a built-in variant ({', '.join(VARIANTS)})")
+        if name in VARIANTS or name.startswith(ROUNDING):
+            raise ValueError(f"plan name {name!r} is taken by a built-in variant ({', '.join(VARIANTS)}, "
+                             f"{ROUNDING}<seed>)")
     contexts = {v: (lambda v=v: sim.active(_FMT[v])) for v in _FMT}
     contexts.update({name: (lambda layers=layers: sim.active_plan(layers)) for name, layers in plans.items()})
+    for seed in range(1, roundings + 1):
+        key = sim.add_rounding(seed)
+        contexts[f"{ROUNDING}{seed}"] = lambda key=key: sim.active(key)
     device = next(model.parameters()).device
     sums: dict[str, list[torch.Tensor]] = {}
     batches = range(0, ids.shape[0], batch_size)

@@ -32,6 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from blockfp8.audit.e2e import ROUNDING
+
 CALIBRATION_DATA = "verdict_calibration.json"
 CALIBRATION_SCHEMA = "blockfp8.verdict-calibration/1"
 ALPHA = 0.05
@@ -239,7 +241,7 @@ def prediction_section(e2e: Mapping[str, Any], cal: TaskCalibration, source: str
         return None
     out = {"calibration": {**cal.as_dict(), "source": source}}
     for key, value in e2e.items():
-        if key.endswith("_vs_fp32"):
+        if key.endswith("_vs_fp32") and not key.startswith(ROUNDING):  # the rounding floor is no candidate
             out[key[: -len("_vs_fp32")]] = predict(value, cal)
     return out
 

@@ -86,10 +86,25 @@ def plan_lines(report: AuditReport, shown: int = 12) -> list[str]:
                    f"{_ci(e['target_ppl_increase_pct'], '%')}, all-UE8M0 {_ci(u['target_ppl_increase_pct'], '%')}"
                    + ("; the plan is WORSE than all-UE8M0 there: check it on your task (blockfp8 eval) before using "
                       "it" if words.get("worse_than_all_ue8m0") else ""))
+    floor = plan.get("rounding_floor")
+    if floor:
+        shares = floor["kl_share_of_ue8m0"]
+        out.append(f"  rounding floor: all-float32 rounded anew at the same precision ({floor['roundings']} "
+                   f"roundings) keeps {_span(shares, 100)}% of all-UE8M0's KL increase, perplexity "
+                   f"{_span(floor['ppl_increase_pct'])}%"
+                   + (f", target-word perplexity {_span(floor['target_ppl_increase_pct'])}%"
+                      if "target_ppl_increase_pct" in floor else "")
+                   + ("; the plan is inside that band: as close to all-float32 as another float32 rounding"
+                      if floor.get("plan_within") else "; the plan is outside that band"))
     pred = (report.summary.prediction or {}).get("plan")
     if pred:
         out.append("  " + prediction_line(pred, "the plan"))
     return out
+
+
+def _span(values, scale: float = 1.0) -> str:
+    lo, hi = scale * min(values), scale * max(values)
+    return f"{lo:+.1f}" if lo == hi else f"{lo:+.1f} to {hi:+.1f}"
 
 
 # --------------------------------------------------------------------------------------------- text (blockfp8 audit)

@@ -152,12 +152,13 @@ def audit_model(
     plan: PlanTolerance | None = None,
     plan_windows: int = 16,
     verdict: Mapping[str, Any] | None = None,
+    roundings: int = 2,
 ) -> AuditReport:
     """The calibrated level on ``calib`` windows of ``seq_len`` tokens, plus the end-to-end level on
     ``eval_windows`` held-out windows when > 0. With ``plan`` (and an end-to-end level) it also chooses a per-layer
     scale-format plan on the first ``plan_windows`` calibration windows and measures it end to end
-    (``audit.scale_plan``). ``verdict``: keyword arguments for ``build_report`` (given_thresholds,
-    verdict_calibration, task)."""
+    (``audit.scale_plan``), beside ``roundings`` re-roundings of all-float32 (the rounding floor, ``audit.e2e``).
+    ``verdict``: keyword arguments for ``build_report`` (given_thresholds, verdict_calibration, task)."""
 
     thresholds = thresholds or Thresholds()
     t0 = time.perf_counter()
@@ -166,7 +167,8 @@ def audit_model(
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         return _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, thresholds, device,
-                            batch_tokens, n_boot, progress, data_dir, t0, plan, plan_windows, dict(verdict or {}))
+                            batch_tokens, n_boot, progress, data_dir, t0, plan, plan_windows, dict(verdict or {}),
+                            roundings)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
@@ -190,7 +192,7 @@ def _choose_plan(model, rows, ids, block, batch, tolerance, progress) -> tuple[l
 
 
 def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, thresholds, device, batch_tokens,
-                 n_boot, progress, data_dir, t0, plan, plan_windows, verdict) -> AuditReport:
+                 n_boot, progress, data_dir, t0, plan, plan_windows, verdict, roundings) -> AuditReport:
     from blockfp8.audit import calibrated, e2e, scale_plan, text
 
     cw = text.windows(tokenizer, calib, seq_len, "calibration", data_dir)
@@ -212,7 +214,8 @@ def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, th
             timings["plan_s"] = round(time.perf_counter() - t1, 3)
         t1 = time.perf_counter()
         sums = e2e.measure(model, ew.ids, block, batch_size=max(1, batch // 2), plans=plans, targets=ew.targets,
-                           progress=_progress(progress, "end to end", "batch"))
+                           progress=_progress(progress, "end to end", "batch"),
+                           roundings=roundings if plan is not None else 0)
         e2e_result = e2e.summarize(sums, seq_len, n_boot=n_boot)
         e2e_result["source"] = ew.source
         e2e_result["model_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")

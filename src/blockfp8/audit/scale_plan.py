@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from blockfp8.audit.e2e import FP8Simulator, log_probs, window_sums
+from blockfp8.audit.e2e import ROUNDING, FP8Simulator, log_probs, window_sums
 
 PLAN = "plan"  # the plan's variant name in the e2e section
 RANKINGS = ("fisher_per_flop", "fisher", "bits")
@@ -184,7 +184,7 @@ def _deltas(d: Mapping[str, Any]) -> dict:
     return out
 
 
-def _share(plan: Mapping[str, Any], ue8m0: Mapping[str, Any], key: str) -> float:
+def plan_share(plan: Mapping[str, Any], ue8m0: Mapping[str, Any], key: str) -> float:
     """The plan's increase over all-float32 as a share of all-UE8M0's (0 when UE8M0 adds nothing)."""
     share = plan[key] / ue8m0[key] if ue8m0[key] > 0 else 0.0
     if not math.isfinite(share):
@@ -202,16 +202,38 @@ def target_words_check(plan_deltas: Mapping[str, Any]) -> dict | None:
     return {"worse_than_all_ue8m0": vs["ci"][0] > 0.0, "target_ppl_vs_all_ue8m0_pct": vs}
 
 
+def rounding_floor(e2e: Mapping[str, Any]) -> dict | None:
+    """What rounding all-float32 anew at the same precision moves (``e2e.ROUNDING`` variants): each rounding's KL
+    increase over all-float32 as a share of all-UE8M0's, and its perplexity and target-word perplexity change.
+    A plan whose share lies inside the band is as close to all-float32 as float32 scales are to themselves. None
+    when not measured."""
+    keys = sorted((k for k in e2e if k.startswith(ROUNDING) and k.endswith("_vs_fp32")),
+                  key=lambda k: int(k[len(ROUNDING) : -len("_vs_fp32")]))
+    if not keys:
+        return None
+    ue8m0 = e2e["ue8m0_vs_fp32"]
+    rows = [e2e[k] for k in keys]
+    out = {"roundings": len(rows),
+           "kl_share_of_ue8m0": [plan_share(r, ue8m0, "kl_increase") for r in rows],
+           "ppl_increase_pct": [100 * r["ppl_increase"] for r in rows]}
+    if all("target_ppl_increase" in r for r in rows):
+        out["target_ppl_increase_pct"] = [100 * r["target_ppl_increase"] for r in rows]
+    return out
+
+
 def plan_section(rows: Sequence[Mapping[str, Any]], float32_layers: Sequence[str], e2e: Mapping[str, Any],
                  steps: Sequence[Mapping[str, Any]], tolerance: PlanTolerance, selection_tokens: int) -> dict:
     """The report's ``plan`` object (docs/audit.md): the layers, the FLOP share left on UE8M0 and the held-out
     deltas of the plan and of all-UE8M0 against all-float32."""
     plan, ue8m0 = e2e[f"{PLAN}_vs_fp32"], e2e["ue8m0_vs_fp32"]
-    share = _share(plan, ue8m0, "kl_increase")
+    share = plan_share(plan, ue8m0, "kl_increase")
     deltas = _deltas(plan)
     e2e_out = {**deltas, "kl_share_of_ue8m0": share, "all_ue8m0": _deltas(ue8m0)}
     if "target_kl_increase" in plan:  # where the held-out text marks target words: the KL share at those positions
-        e2e_out["target_kl_share_of_ue8m0"] = _share(plan, ue8m0, "target_kl_increase")
+        e2e_out["target_kl_share_of_ue8m0"] = plan_share(plan, ue8m0, "target_kl_increase")
+    floor = rounding_floor(e2e)
+    if floor is not None:
+        floor["plan_within"] = share <= max(floor["kl_share_of_ue8m0"])
     return {
         "method": f"greedy by {_METHOD[tolerance.rank]}: "
                   "the k worst layers keep float32 scales, k the smallest whose KL excess over all-float32 is within "
@@ -226,4 +248,5 @@ def plan_section(rows: Sequence[Mapping[str, Any]], float32_layers: Sequence[str
         "e2e": e2e_out,
         "within_tolerance": share <= tolerance.kl_share,
         "target_words": target_words_check(deltas),
+        "rounding_floor": floor,
     }

@@ -32,6 +32,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or a positive integer")
+    return value
+
+
 # Block sides every backend family can run: powers of two (Triton tiles need >= 16); DeepGEMM and cuBLASLt take
 # 128,128 only, so another size runs on Triton or the reference backend.
 BLOCK_SIDES = (16, 32, 64, 128, 256)
@@ -178,6 +188,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                        help="keep at least this share of the GEMM FLOPs on UE8M0, even past the tolerance (default 0)")
     group.add_argument("--plan-windows", type=positive_int, default=16, metavar="N",
                        help="calibration windows the plan is chosen on (default 16)")
+    group.add_argument("--plan-roundings", type=nonnegative_int, default=2, metavar="N",
+                       help="measure all-float32 rounded anew N times beside the plan: the rounding floor, what "
+                            "the same precision with another rounding moves (default 2; 0 = none)")
     group.add_argument("--verdict-calibration", metavar="FILE",
                        help="task-level calibration made by `blockfp8 calibrate` (default: the shipped data)")
     group.add_argument("--task", default="lambada", help="the task whose predicted effect decides (default lambada)")

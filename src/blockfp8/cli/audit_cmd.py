@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                     model, tokenizer, args.model, calib=calib, seq_len=args.seq_len,
                     eval_windows=(args.eval or 2 * calib) if args.e2e else 0, block=block, thresholds=thresholds,
                     device=device, batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress,
-                    plan=plan, plan_windows=args.plan_windows, verdict=verdict)
+                    plan=plan, plan_windows=args.plan_windows, verdict=verdict, roundings=args.plan_roundings)
     except ModelNotFoundError as exc:  # no such model, file or package: a usage problem
         raise UsageError(str(exc)) from None
     except (CheckpointError, ModelError, ValueError) as exc:  # a bad checkpoint, model or report, a non-finite result

@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                                     block=checkpoint_block(model_name) or (128, 128),
                                     eval_windows=args.eval, thresholds=thresholds, device=device,
                                     batch_tokens=args.batch_tokens, n_boot=args.bootstrap, progress=progress,
-                                    plan=plan, plan_windows=args.plan_windows, verdict=verdict)
+                                    plan=plan, plan_windows=args.plan_windows, verdict=verdict,
+                                    roundings=args.plan_roundings)
             reports.append(("model", mr.with_run(command=command), args.out))
     except ModelNotFoundError as exc:
         raise UsageError(str(exc)) from None
