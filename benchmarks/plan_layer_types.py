@@ -21,6 +21,7 @@ Usage: PYTHONPATH=src python benchmarks/plan_layer_types.py [--items 5153] [--de
 
 import argparse
 import contextlib
+import functools
 import json
 import re
 import time
@@ -28,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from blockfp8.audit.e2e import FP8Simulator
+from blockfp8.audit.e2e import FP8Simulator, rerounded_weight
 from blockfp8.datasets import load_lambada
 from blockfp8.eval.stats import mcnemar_exact_p
 from blockfp8.models import load_causal_lm
@@ -49,21 +50,14 @@ def grouped(plan: list[str], names: list[str], part: str) -> list[str]:
     return [n for n in names if n in plan or (f".{part}." in n and n.rsplit(f".{part}.", 1)[0] in blocks)]
 
 
-def jittered_weight(w: torch.Tensor, gen: torch.Generator,
-                    exact_max: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def jittered_weight(w: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """``ref.quantize_weight(w, (128, 128), "float32")`` with each block's scale times 1 + U[0, 1/16): float32
-    scales' precision (the largest value lands within one E4M3 step of the top), another rounding of every value.
-    ``exact_max``: times 448/416 or 1 at random instead, so that the largest value stays exact (416 and 448 are
-    E4M3 values)."""
-    blocks = ref._block_view(w, 128, 128)
-    amax = blocks.abs().amax(dim=(1, 3))
-    scale = ref._make_scale(amax, ref.WEIGHT_EPS, 448.0, "float32")
-    u = torch.rand(scale.shape, generator=gen)
-    factor = torch.where(u < 0.5, 448.0 / 416.0, 1.0) if exact_max else 1 + u / 16
-    scale = scale * factor.to(scale.device)
-    q = ref._cast(blocks / scale[:, None, :, None], 448.0, torch.float8_e4m3fn)
+    scales' precision, another rounding of every value, the block's largest value no longer exact."""
     n, k = w.shape
-    return q.reshape(blocks.shape[0] * 128, blocks.shape[2] * 128)[:n, :k].contiguous(), scale
+    scale = ref.quantize_weight(w, (128, 128), "float32")[1]
+    scale = scale * (1 + torch.rand(scale.shape, generator=gen) / 16).to(scale.device)
+    full = scale.repeat_interleave(128, 0).repeat_interleave(128, 1)[:n, :k]
+    return (w.float() / full).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), scale
 
 
 def main() -> None:
@@ -110,7 +104,8 @@ def main() -> None:
     for mark, seeds in (("~", args.jitter_seeds), ("^", args.exact_max_seeds)):
         for seed in [int(v) for v in seeds.split(",") if v]:
             gen = torch.Generator().manual_seed(seed)
-            weights = [jittered_weight(m.weight.detach().float(), gen, exact_max=mark == "^") for _, m in sim.modules]
+            quantize = functools.partial(rerounded_weight, block=(128, 128)) if mark == "^" else jittered_weight
+            weights = [quantize(m.weight.detach().float(), gen=gen) for _, m in sim.modules]
             for name in ("float32", "down_proj"):
                 if name in variants:
                     variants[f"{name}{mark}{seed}"] = variants[name]
