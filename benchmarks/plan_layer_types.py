@@ -16,7 +16,8 @@ is per token, so the padding changes no real position's numbers.
 
 Usage: PYTHONPATH=src python benchmarks/plan_layer_types.py [--items 5153] [--device cuda]
            [--groups all|none|k_proj,q_proj,...] [--deadline S]
-           [--report NAME=REPORT.json|LAYERS.json ...] [--json out.json]
+           [--report NAME=REPORT.json|LAYERS.json ...] [--jitter-seeds S,..] [--exact-max-seeds S,..] [--json out.json]
+       PYTHONPATH=src python benchmarks/plan_layer_types.py --correlate out1.json out2.json ...
 """
 
 import argparse
@@ -60,6 +61,24 @@ def jittered_weight(w: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor
     return (w.float() / full).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), scale
 
 
+def correlate(paths: list[str]) -> None:
+    """Pearson and rank correlation, across variants, of the KL shares with the target word's d log p."""
+    rows = {}
+    for path in paths:
+        with open(path) as f:
+            for r in json.load(f)["rows"]:
+                rows.setdefault(r["variant"], r)
+    ks, tk, dl = (np.array([r[k] for r in rows.values()])
+                  for k in ("kl_share_of_ue8m0", "target_kl_share_of_ue8m0", "dlogp_vs_ue8m0"))
+
+    def rank(v):
+        return v.argsort().argsort()
+
+    print(f"{len(rows)} variants; correlation with d log p vs all-UE8M0: KL share {np.corrcoef(ks, dl)[0, 1]:+.2f} "
+          f"(ranks {np.corrcoef(rank(ks), rank(dl))[0, 1]:+.2f}), target-position KL share "
+          f"{np.corrcoef(tk, dl)[0, 1]:+.2f} (ranks {np.corrcoef(rank(tk), rank(dl))[0, 1]:+.2f})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=5153)
@@ -76,7 +95,11 @@ def main() -> None:
                    "amax / 416 or amax / 448 at random (variants float32^S, down_proj^S): every block's largest "
                    "value stays exact, as with float32 scales, the others are rounded anew")
     p.add_argument("--json")
+    p.add_argument("--correlate", nargs="+", metavar="JSON", help="score nothing: across the variants of these "
+                   "--json outputs (one row per variant name), how the KL shares correlate with d log p")
     args = p.parse_args()
+    if args.correlate:
+        return correlate(args.correlate)
     t0 = time.perf_counter()
     model, tok = load_causal_lm("smollm2", dtype="float32")
     model.to(args.device).eval()
