@@ -86,6 +86,26 @@ def test_search_keeps_the_worst_layers_within_tolerance(tiny_llama, ids):
         scale_plan.choose(rows, selection, tol, scores)
 
 
+def test_tolerance_from_the_rounding_floor_is_the_largest_rerounding_share(tiny_llama, ids):
+    rows = [r.as_dict() for r in calibrated.audit_calibrated(tiny_llama, ids)[0]]
+    sim = e2e.FP8Simulator(tiny_llama)
+    selection = scale_plan.SelectionSet(tiny_llama, ids, sim, batch_size=2)
+    shares = selection.rounding_shares(2)
+    excess = selection.kl_ue8m0 - selection.kl_fp32
+    with sim.active(sim.add_rounding(2)):  # the same seed is the same rounding
+        assert shares[1] == pytest.approx((selection._kl() - selection.kl_fp32) / excess)
+    floor = scale_plan.PlanTolerance(rank="bits", from_rounding_floor=True)
+    with pytest.raises(ValueError, match="floor measured first"):
+        scale_plan.choose(rows, selection, floor)
+    with pytest.raises(ValueError, match="at least one rounding"):
+        floor.with_floor([])
+    tol = floor.with_floor(shares)
+    assert tol.kl_share == min(1.0, max(0.0, *shares)) and tol.floor_shares == tuple(shares)
+    assert scale_plan.choose(rows, selection, tol)[0] == scale_plan.choose(
+        rows, selection, scale_plan.PlanTolerance(tol.kl_share, "bits"))[0]
+    assert floor.with_floor([-0.3, -0.1]).kl_share == 0.0 and floor.with_floor([1.7]).kl_share == 1.0
+
+
 def test_per_flop_ranking_is_score_over_flops_with_ties_in_module_order():
     rows = [{"name": "big", "shape": [100, 200], "tokens": 10, "bits_lost": 3.0},    # 400k FLOPs
             {"name": "small", "shape": [10, 200], "tokens": 10, "bits_lost": 2.0},   # 40k
@@ -118,6 +138,8 @@ def test_bad_tolerance_is_named(bad):
 
 
 def test_report_carries_the_plan_contract(tiny_llama, tmp_path):
+    from blockfp8.audit import render
+
     class Tok:
         def __call__(self, s, add_special_tokens=False):
             return {"input_ids": [ord(c) % 96 for c in s]}
@@ -152,6 +174,17 @@ def test_report_carries_the_plan_contract(tiny_llama, tmp_path):
     none = levels.audit_model(tiny_llama, Tok(), "tiny", calib=3, seq_len=16, eval_windows=4, n_boot=100,
                               plan=scale_plan.PlanTolerance(0.2), plan_windows=2, roundings=0)
     assert none.plan["rounding_floor"] is None and "fp32r1_vs_fp32" not in none.e2e
+    by_floor = levels.audit_model(tiny_llama, Tok(), "tiny", calib=3, seq_len=16, eval_windows=4, n_boot=100,
+                                  plan=scale_plan.PlanTolerance(from_rounding_floor=True), plan_windows=2)
+    tol = by_floor.plan["tolerance"]
+    assert tol["from_rounding_floor"] and len(tol["floor_shares"]) == 2
+    assert tol["kl_share"] == min(1.0, max(0.0, *tol["floor_shares"]))
+    assert by_floor.plan["method"].endswith("the tolerance is the rounding floor there (the largest share a "
+                                            "re-rounding of all-float32 keeps)")
+    assert "tolerance: the rounding floor on the selection windows" in "\n".join(render.plan_lines(by_floor))
+    with pytest.raises(ValueError, match="at least one rounding"):
+        levels.audit_model(tiny_llama, Tok(), "tiny", calib=3, seq_len=16, eval_windows=4, n_boot=100,
+                           plan=scale_plan.PlanTolerance(from_rounding_floor=True), plan_windows=2, roundings=0)
 
 
 def test_plan_reports_the_kl_share_at_target_word_positions(tiny_llama):
@@ -194,10 +227,18 @@ def test_plan_roundings_flag_is_checked():
 
     parser = argparse.ArgumentParser()
     add_plan_arguments(parser)
+    from blockfp8.cli.args import UsageError, plan_from_args
+
     assert parser.parse_args([]).plan_roundings == 2
     assert parser.parse_args(["--plan-roundings", "0"]).plan_roundings == 0
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--plan-roundings", "-1"])
+    for bad in (["--plan-roundings", "-1"], ["--plan-tolerance", "flor"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    tol, _ = plan_from_args(parser.parse_args(["--plan-tolerance", "floor"]))
+    assert tol.from_rounding_floor and tol.floor_shares is None
+    assert plan_from_args(parser.parse_args(["--plan-tolerance", "0.3"]))[0].kl_share == 0.3
+    with pytest.raises(UsageError, match="'floor' needs at least one rounding"):
+        plan_from_args(parser.parse_args(["--plan-tolerance", "floor", "--plan-roundings", "0"]))
 
 
 def test_fisher_sensitivity_equals_the_direct_computation(tiny_llama, ids):

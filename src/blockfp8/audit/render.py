@@ -67,9 +67,12 @@ def plan_lines(report: AuditReport, shown: int = 12) -> list[str]:
     f32, e = plan["float32_layers"], plan["e2e"]
     names = ", ".join(f32[:shown]) + (f" ... ({len(f32) - shown} more)" if len(f32) > shown else "")
     u = e["all_ue8m0"]
+    tol = plan["tolerance"]
+    tol_text = (f"the rounding floor on the selection windows, {100 * tol['kl_share']:.1f}%"
+                if tol.get("from_rounding_floor") else f"{100 * tol['kl_share']:g}%")
     out = [f"per-layer plan: {len(f32)} of {plan['layers']} layers keep float32 scales, "
            f"{100 * plan['ue8m0_flop_share']:.1f}% of GEMM FLOPs stay on UE8M0 (tolerance: "
-           f"{100 * plan['tolerance']['kl_share']:g}% of all-UE8M0's KL increase)",
+           f"{tol_text} of all-UE8M0's KL increase)",
            f"  float32 layers: {names or 'none'}",
            f"  held out, vs all-float32: plan KL {_ci(e['kl_increase_pct'], '%', '+.1f')}, perplexity "
            f"{_ci(e['ppl_increase_pct'], '%')}; all-UE8M0 KL {_ci(u['kl_increase_pct'], '%', '+.1f')}, perplexity "

@@ -173,7 +173,9 @@ def audit_model(
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def _choose_plan(model, rows, ids, block, batch, tolerance, progress) -> tuple[list[str], list[dict], int]:
+def _choose_plan(model, rows, ids, block, batch, tolerance, progress, roundings):
+    """(float32 layers, search steps, selection tokens, the tolerance used): with ``tolerance.from_rounding_floor``
+    its KL share comes from ``roundings`` re-roundings of all-float32 on the selection windows."""
     from blockfp8.audit import e2e, scale_plan, sensitivity
 
     scores = None
@@ -183,12 +185,14 @@ def _choose_plan(model, rows, ids, block, batch, tolerance, progress) -> tuple[l
             r["ue8m0_sensitivity"] = scores[r["name"]]
     sim = e2e.FP8Simulator(model, block)
     selection = scale_plan.SelectionSet(model, ids, sim, batch)
+    if tolerance.from_rounding_floor:
+        tolerance = tolerance.with_floor(selection.rounding_shares(roundings))
     float32_layers, steps = scale_plan.choose(rows, selection, tolerance, scores)
     if progress:
         from blockfp8.log import step
 
         step(f"plan: {len(float32_layers)} layers on float32 scales after {len(steps)} measured plans")
-    return float32_layers, steps, int(ids.numel())
+    return float32_layers, steps, int(ids.numel()), tolerance
 
 
 def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, thresholds, device, batch_tokens,
@@ -208,8 +212,8 @@ def _audit_model(model, tokenizer, name, calib, seq_len, eval_windows, block, th
         plans = {}
         if plan is not None:
             t1 = time.perf_counter()
-            f32, steps, sel_tokens = _choose_plan(model, layer_rows, cw.ids[:plan_windows], block,
-                                                  max(1, batch // 2), plan, progress)
+            f32, steps, sel_tokens, plan = _choose_plan(model, layer_rows, cw.ids[:plan_windows], block,
+                                                        max(1, batch // 2), plan, progress, roundings)
             plans[scale_plan.PLAN] = f32
             timings["plan_s"] = round(time.perf_counter() - t1, 3)
         t1 = time.perf_counter()

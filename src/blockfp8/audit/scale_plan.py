@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -45,6 +45,11 @@ class PlanTolerance:
     # A floor on the GEMM FLOPs left on UE8M0: the plan never keeps more layers on float32 scales than this allows,
     # even when the KL tolerance then cannot be met (``within_tolerance`` says so). 0 = no floor.
     min_ue8m0_flop_share: float = 0.0
+    # True: ``kl_share`` is set from the rounding floor on the selection windows before the search (the largest
+    # share a re-rounding of all-float32 keeps there, ``with_floor``, which records them in ``floor_shares``): the
+    # plan is then as close to all-float32 as another float32 rounding is.
+    from_rounding_floor: bool = False
+    floor_shares: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         f = self.min_ue8m0_flop_share
@@ -55,6 +60,13 @@ class PlanTolerance:
             raise ValueError(f"plan tolerance kl_share={self.kl_share!r} must be a number in [0, 1]")
         if self.rank not in RANKINGS:
             raise ValueError(f"plan ranking {self.rank!r} is not valid; valid values: {', '.join(RANKINGS)}")
+
+
+    def with_floor(self, shares: Sequence[float]) -> PlanTolerance:
+        """This tolerance with ``kl_share`` = the largest of the re-roundings' ``shares``, within [0, 1]."""
+        if not shares:
+            raise ValueError("a tolerance from the rounding floor needs at least one rounding")
+        return replace(self, kl_share=min(1.0, max(0.0, *shares)), floor_shares=tuple(float(x) for x in shares))
 
 
 class SelectionSet:
@@ -89,6 +101,16 @@ class SelectionSet:
         with self.sim.active_plan(float32_layers):
             return self._kl()
 
+    def rounding_shares(self, roundings: int) -> list[float]:
+        """The share of all-UE8M0's KL excess each of ``roundings`` re-roundings of all-float32 keeps here (seeds
+        1, 2, ...: the roundings the held-out floor measures)."""
+        excess = self.kl_ue8m0 - self.kl_fp32
+        shares = []
+        for seed in range(1, roundings + 1):
+            with self.sim.active(self.sim.add_rounding(seed)):
+                shares.append((self._kl() - self.kl_fp32) / excess if excess > 0 else 0.0)
+        return shares
+
 
 def rank_layers(rows: Sequence[Mapping[str, Any]], scores: Mapping[str, float] | None = None, *,
                 per_flop: bool = False) -> list[str]:
@@ -115,6 +137,8 @@ def choose(rows: Sequence[Mapping[str, Any]], selection: SelectionSet, tolerance
     layer on float32 scales is all-float32), so the answer was measured within tolerance and one layer fewer was
     measured outside it, even where the curve is not monotone. With a FLOP floor the search stops at the longest
     prefix the floor allows; if that is still outside the tolerance, it is the plan (the best the floor permits)."""
+    if tolerance.from_rounding_floor and tolerance.floor_shares is None:
+        raise ValueError("a tolerance from the rounding floor needs the floor measured first (with_floor)")
     needs = tolerance.rank in FISHER_RANKINGS
     if needs != (scores is not None):
         raise ValueError(f"plan ranking {tolerance.rank!r} {'needs' if needs else 'takes no'} Fisher scores")
@@ -237,7 +261,9 @@ def plan_section(rows: Sequence[Mapping[str, Any]], float32_layers: Sequence[str
     return {
         "method": f"greedy by {_METHOD[tolerance.rank]}: "
                   "the k worst layers keep float32 scales, k the smallest whose KL excess over all-float32 is within "
-                  "the tolerance on the selection windows (bisection); verified on the held-out windows",
+                  "the tolerance on the selection windows (bisection); verified on the held-out windows"
+                  + ("; the tolerance is the rounding floor there (the largest share a re-rounding of all-float32 "
+                     "keeps)" if tolerance.from_rounding_floor else ""),
         "tolerance": asdict(tolerance),
         "float32_layers": list(float32_layers),
         "ue8m0_layers": len(rows) - len(float32_layers),

@@ -32,6 +32,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def tolerance_value(text: str) -> float | str:
+    """A number, or the word ``floor`` (--plan-tolerance)."""
+    if text == "floor":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'floor'") from None
+
+
 def nonnegative_int(text: str) -> int:
     try:
         value = int(text)
@@ -177,9 +187,10 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("per-layer plan and task-level verdict (docs/audit.md)")
     group.add_argument("--no-plan", action="store_true", help="do not choose a per-layer scale-format plan")
-    group.add_argument("--plan-tolerance", type=float, default=PlanTolerance().kl_share, metavar="S",
+    group.add_argument("--plan-tolerance", type=tolerance_value, default=PlanTolerance().kl_share, metavar="S",
                        help="the plan may keep this share of all-UE8M0's KL increase over all-float32 (default "
-                            f"{PlanTolerance().kl_share:g})")
+                            f"{PlanTolerance().kl_share:g}), or 'floor': the largest share a re-rounding of "
+                            "all-float32 keeps on the selection windows (--plan-roundings of them)")
     group.add_argument("--plan-rank", choices=RANKINGS, default=PlanTolerance().rank,
                        help="order layers go to float32 scales in: fisher_per_flop = Fisher-weighted UE8M0 output "
                             "error per GEMM FLOP, fisher = that error, bits = calibrated bits lost (default "
@@ -201,7 +212,11 @@ def plan_from_args(args: argparse.Namespace):
     from blockfp8.audit.scale_plan import PlanTolerance
 
     try:
-        plan = None if args.no_plan else PlanTolerance(args.plan_tolerance, args.plan_rank, args.plan_min_flops)
+        floor = args.plan_tolerance == "floor"
+        if floor and not args.no_plan and args.plan_roundings == 0:
+            raise ValueError("'floor' needs at least one rounding; --plan-roundings is 0")
+        plan = None if args.no_plan else PlanTolerance(PlanTolerance().kl_share if floor else args.plan_tolerance,
+                                                       args.plan_rank, args.plan_min_flops, floor)
     except ValueError as exc:
         raise UsageError(f"--plan-tolerance / --plan-min-flops: {exc}") from None
     verdict = {"given_thresholds": given_thresholds(args), "verdict_calibration": args.verdict_calibration,
