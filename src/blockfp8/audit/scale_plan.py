@@ -61,7 +61,6 @@ class PlanTolerance:
         if self.rank not in RANKINGS:
             raise ValueError(f"plan ranking {self.rank!r} is not valid; valid values: {', '.join(RANKINGS)}")
 
-
     def with_floor(self, shares: Sequence[float]) -> PlanTolerance:
         """This tolerance with ``kl_share`` = the largest of the re-roundings' ``shares``, within [0, 1]."""
         if not shares:
