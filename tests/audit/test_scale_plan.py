@@ -53,6 +53,26 @@ def test_rerounded_weight_keeps_each_block_max_exact_and_rounds_the_rest_anew():
     assert torch.equal(again.float(), q.float())  # a seed is one rounding
 
 
+def test_a_rounding_holds_no_weight_copy_and_runs_rerounded_weights(tiny_llama, ids):
+    from blockfp8.quant import reference as ref
+
+    sim = e2e.FP8Simulator(tiny_llama)
+    key = sim.add_rounding(4)
+    assert set(sim.weights) == set(ref.SCALE_FMTS)  # only each block's choice is kept
+    gen = torch.Generator().manual_seed(4)  # the same draws, layer by layer, as the stored tops
+    expected = [e2e.rerounded_weight(m.weight.detach(), sim.block, gen) for _, m in sim.modules]
+    sim.weights["float32"], saved = expected, sim.weights["float32"]
+    with torch.no_grad():
+        with sim.active("float32"):
+            want = tiny_llama(input_ids=ids).logits
+        sim.weights["float32"] = saved
+        with sim.active(key):
+            got = tiny_llama(input_ids=ids).logits
+        with sim.active("float32"):
+            assert not torch.equal(tiny_llama(input_ids=ids).logits, got)
+    assert torch.equal(got, want)
+
+
 def test_search_keeps_the_worst_layers_within_tolerance(tiny_llama, ids):
     rows = [r.as_dict() for r in calibrated.audit_calibrated(tiny_llama, ids)[0]]
     ranked = scale_plan.rank_layers(rows)

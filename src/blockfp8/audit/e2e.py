@@ -34,17 +34,28 @@ _FMT = {"fp32": "float32", "ue8m0": "ue8m0"}
 ROUNDING = "fp32r"  # e2e variant fp32r<seed>: all-float32 with the weights rounded anew (the rounding floor)
 
 
-def rerounded_weight(w: torch.Tensor, block: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def rounding_tops(shape: Sequence[int], block: Sequence[int], gen: torch.Generator) -> torch.Tensor:
+    """One rounding of a weight of ``shape`` [N, K]: per block 416 or 448 (the value its largest weight maps to),
+    each with probability 1/2 from ``gen``."""
+    bn, bk = ref.normalize_block_size(block)
+    gn, gk = ref.cdiv(shape[0], bn), ref.cdiv(shape[1], bk)
+    return torch.where(torch.rand((gn, gk), generator=gen) < 0.5, 416.0, 448.0)
+
+
+def rerounded_weight(w: torch.Tensor, block: Sequence[int], gen: torch.Generator | None = None, *,
+                     top: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``w[N, K]`` quantized with float32 scales of the same precision but another rounding: each block's scale is
-    amax/448 or, for a random half of the blocks (``gen``), amax/416. 416 and 448 are E4M3 values, so the block's
-    largest weight stays exact; every other weight lands on a grid up to 448/416 coarser, so it rounds anew."""
+    amax/448 or, for a random half of the blocks (``gen``, or the blocks' ``top`` from ``rounding_tops``),
+    amax/416. 416 and 448 are E4M3 values, so the block's largest weight stays exact; every other weight lands on
+    a grid up to 448/416 coarser, so it rounds anew."""
     bn, bk = ref.normalize_block_size(block)
     n, k = w.shape
     gn, gk = ref.cdiv(n, bn), ref.cdiv(k, bk)
+    if top is None:
+        top = rounding_tops(w.shape, block, gen)
     blocks = torch.nn.functional.pad(w.float(), (0, gk * bk - k, 0, gn * bn - n)).view(gn, bn, gk, bk)
     amax = blocks.abs().amax(dim=(1, 3)).clamp(min=ref.WEIGHT_EPS)
-    top = torch.where(torch.rand((gn, gk), generator=gen) < 0.5, 416.0, 448.0).to(w.device)
-    scale = amax / top
+    scale = amax / top.to(w.device)
     fmax = ref.fp8_max(torch.float8_e4m3fn)
     q = (blocks / scale[:, None, :, None]).clamp(-fmax, fmax).to(torch.float8_e4m3fn)
     return q.view(gn * bn, gk * bk)[:n, :k].contiguous(), scale
@@ -61,6 +72,7 @@ class FP8Simulator:
             f: [ref.quantize_weight(m.weight.detach().float(), self.block, f, name=n) for n, m in self.modules]
             for f in ref.SCALE_FMTS
         }
+        self.roundings: dict[str, list[torch.Tensor]] = {}  # key -> each layer's rounding_tops
 
     def active(self, scale_fmt: str) -> contextlib.AbstractContextManager[None]:
         """Every layer on ``scale_fmt`` scales (weights and activations); a key from ``add_rounding`` runs
@@ -69,10 +81,12 @@ class FP8Simulator:
 
     def add_rounding(self, seed: int) -> str:
         """Another float32-scale rounding of every weight (``rerounded_weight``); returns the key ``active``
-        takes. Activations stay quantized as with float32 scales."""
+        takes. Activations stay quantized as with float32 scales. Only the choice per block is kept: each call
+        quantizes its layer's weight anew, so a rounding holds no copy of the weights (a large model's audit
+        holds two already)."""
         key = f"float32@{seed}"
         gen = torch.Generator().manual_seed(seed)
-        self.weights[key] = [rerounded_weight(m.weight.detach(), self.block, gen) for _, m in self.modules]
+        self.roundings[key] = [rounding_tops(m.weight.shape, self.block, gen) for _, m in self.modules]
         return key
 
     def active_plan(self, float32_layers: Collection[str]) -> contextlib.AbstractContextManager[None]:
@@ -88,11 +102,13 @@ class FP8Simulator:
         bk = self.block[1]
         try:
             for i, ((_, m), f) in enumerate(zip(self.modules, formats, strict=True)):
-                wq, ws = self.weights[f][i]
+                stored = None if f in self.roundings else self.weights[f][i]
+                top = self.roundings[f][i] if f in self.roundings else None
                 saved.append((m, m.__dict__.get("forward")))
                 act = f.split("@")[0]  # a rounding key quantizes activations as its format does
 
-                def forward(x, m=m, wq=wq, ws=ws, f=act):
+                def forward(x, m=m, stored=stored, top=top, f=act):
+                    wq, ws = stored or rerounded_weight(m.weight.detach(), self.block, top=top)
                     xq, xs = ref.quantize_act(x, bk, f)
                     return ref.gemm_reference(xq, xs, wq, ws, self.block, out_dtype=x.dtype, bias=m.bias)
 
