@@ -11,7 +11,9 @@ Parts:
 
 Usage: python benchmarks/kernel_probe.py --out probe.csv [--parts ragged,prefill,decode,prefill_ws]
 (On an H200 with Triton 3.6 the ``prefill`` part, then holding the warp-specialized variants too, did not finish
-within 9 minutes and wrote nothing; which variant hung was not isolated. Run each part under ``timeout``.)
+within 9 minutes and wrote nothing; which variant hung was not isolated. Run each part under ``timeout``: the CSV
+is now rewritten after every row, and every variant is announced on stderr before it runs, so a run that is
+killed keeps its rows and its last line names the variant that hung.)
 """
 # ruff: noqa: B023  (every closure is timed within the loop iteration that made it)
 
@@ -22,6 +24,7 @@ import csv
 import json
 import math
 import sys
+import time
 
 import torch
 import triton
@@ -108,8 +111,28 @@ def check(out, ref_out, name):
         raise AssertionError(f"{name}: max rel err {err}")
 
 
+class Rows(list):
+    """The probe's rows, written to ``path`` whole after every row, so that a killed run keeps what it measured."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.t0 = time.perf_counter()
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(self[0]))
+            w.writeheader()
+            w.writerows(self)
+
+    def trying(self, what: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:7.1f} s] {what}", file=sys.stderr, flush=True)
+
+
 def part_prefill(rows, env, ws: bool = False):
     cfgs = [] if ws else [c for c in candidate_configs(4096) if c["kernel"] == "tma"] + extra_prefill_configs()
+    rows.trying(f"prefill: compiling {len(cfgs)} configs")
     status = precompile(cfgs) if cfgs else {}
     cfgs = [c for c in cfgs if status[json.dumps(c, sort_keys=True)] == "ok"]
     for n, k in PREFILL_NK:
@@ -132,6 +155,7 @@ def part_prefill(rows, env, ws: bool = False):
                 c = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": st}
                 variants.append(("triton_ws", c, lambda c=c: ws_gemm(x_q, xs_mn, w_q, w_s, c)))
             for name, c, fn in variants:
+                rows.trying(f"prefill M={m} {n}x{k} {name} {c}")
                 try:
                     check(fn(), expect, f"{name} {c}")
                     us = graph_us(fn)
@@ -172,6 +196,8 @@ def part_decode(rows, env):
             ws = [(w_q.clone(), w_s.clone()) for _ in range(copies)]
             expect = ref.gemm_reference(x_q, x_s, w_q, w_s, (128, 128), torch.bfloat16)
             for c in cfgs + [None]:
+                rows.trying(f"decode M={m} {n}x{k} {c}")
+
                 def chain(c=c):
                     for wq, wsc in ws:
                         tgemm.fp8_block_gemm(x_q, x_s, wq, wsc, config=c)
@@ -193,17 +219,12 @@ def main() -> None:
     p.add_argument("--parts", default="ragged,prefill,decode")
     args = p.parse_args()
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
-    rows: list[dict] = []
+    rows = Rows(args.out)
+    parts = {"prefill": part_prefill, "prefill_ws": lambda r, e: part_prefill(r, e, ws=True),
+             "ragged": part_ragged, "decode": part_decode}
     for part in args.parts.split(","):
-        parts = {"prefill": part_prefill, "prefill_ws": lambda r, e: part_prefill(r, e, ws=True),
-                 "ragged": part_ragged, "decode": part_decode}
+        rows.trying(f"part {part}")
         parts[part](rows, env)
-        if not rows:
-            continue
-        with open(args.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
     best: dict = {}
     for r in rows:
         key = (r["part"], r["m"], r["n"], r["k"], r["variant"])
