@@ -86,7 +86,8 @@ class FP8Simulator:
         holds two already)."""
         key = f"float32@{seed}"
         gen = torch.Generator().manual_seed(seed)
-        self.roundings[key] = [rounding_tops(m.weight.shape, self.block, gen) for _, m in self.modules]
+        self.roundings[key] = [rounding_tops(m.weight.shape, self.block, gen).to(m.weight.device)
+                               for _, m in self.modules]
         return key
 
     def active_plan(self, float32_layers: Collection[str]) -> contextlib.AbstractContextManager[None]:
@@ -102,8 +103,8 @@ class FP8Simulator:
         bk = self.block[1]
         try:
             for i, ((_, m), f) in enumerate(zip(self.modules, formats, strict=True)):
-                stored = None if f in self.roundings else self.weights[f][i]
-                top = self.roundings[f][i] if f in self.roundings else None
+                tops = self.roundings.get(f)  # a rounding: its layer weight is quantized per call
+                stored, top = (None, tops[i]) if tops else (self.weights[f][i], None)
                 saved.append((m, m.__dict__.get("forward")))
                 act = f.split("@")[0]  # a rounding key quantizes activations as its format does
 

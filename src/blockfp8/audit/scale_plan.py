@@ -207,8 +207,9 @@ def _deltas(d: Mapping[str, Any]) -> dict:
     return out
 
 
-def plan_share(plan: Mapping[str, Any], ue8m0: Mapping[str, Any], key: str) -> float:
-    """The plan's increase over all-float32 as a share of all-UE8M0's (0 when UE8M0 adds nothing)."""
+def _share(plan: Mapping[str, Any], ue8m0: Mapping[str, Any], key: str) -> float:
+    """A variant's (the plan's, a rounding's) increase over all-float32 as a share of all-UE8M0's (0 when UE8M0
+    adds nothing)."""
     share = plan[key] / ue8m0[key] if ue8m0[key] > 0 else 0.0
     if not math.isfinite(share):
         raise ValueError(f"plan: the share of all-UE8M0's {key.replace('_', ' ')} is not finite")
@@ -237,7 +238,7 @@ def rounding_floor(e2e: Mapping[str, Any]) -> dict | None:
     ue8m0 = e2e["ue8m0_vs_fp32"]
     rows = [e2e[k] for k in keys]
     out = {"roundings": len(rows),
-           "kl_share_of_ue8m0": [plan_share(r, ue8m0, "kl_increase") for r in rows],
+           "kl_share_of_ue8m0": [_share(r, ue8m0, "kl_increase") for r in rows],
            "ppl_increase_pct": [100 * r["ppl_increase"] for r in rows]}
     if all("target_ppl_increase" in r for r in rows):
         out["target_ppl_increase_pct"] = [100 * r["target_ppl_increase"] for r in rows]
@@ -249,11 +250,11 @@ def plan_section(rows: Sequence[Mapping[str, Any]], float32_layers: Sequence[str
     """The report's ``plan`` object (docs/audit.md): the layers, the FLOP share left on UE8M0 and the held-out
     deltas of the plan and of all-UE8M0 against all-float32."""
     plan, ue8m0 = e2e[f"{PLAN}_vs_fp32"], e2e["ue8m0_vs_fp32"]
-    share = plan_share(plan, ue8m0, "kl_increase")
+    share = _share(plan, ue8m0, "kl_increase")
     deltas = _deltas(plan)
     e2e_out = {**deltas, "kl_share_of_ue8m0": share, "all_ue8m0": _deltas(ue8m0)}
     if "target_kl_increase" in plan:  # where the held-out text marks target words: the KL share at those positions
-        e2e_out["target_kl_share_of_ue8m0"] = plan_share(plan, ue8m0, "target_kl_increase")
+        e2e_out["target_kl_share_of_ue8m0"] = _share(plan, ue8m0, "target_kl_increase")
     floor = rounding_floor(e2e)
     if floor is not None:
         floor["plan_within"] = share <= max(floor["kl_share_of_ue8m0"])
