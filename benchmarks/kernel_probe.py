@@ -64,6 +64,20 @@ def _ws_kernel(a_desc, b_desc, as_ptr, bs_ptr, out_ptr, M, N, K, stride_asm, str
     _epilogue(acc, out_ptr, out_ptr, rm, rn, M, N, stride_om, stride_on, False)
 
 
+def scalar_configs() -> list[dict]:
+    """The shipped TMA kernel (one FMA per element where a tile has one weight scale) around the best configs
+    of the first sweep: (tile, warps, stages, N_SPLIT, programs per SM (0: one per tile), register cap, GROUP_M)."""
+    rows = ((64, 128, 4, 3, 1, 3, 168, 8), (64, 128, 4, 3, 1, 3, 160, 8), (64, 128, 4, 3, 1, 3, 168, 16),
+            (64, 128, 4, 3, 1, 3, 168, 4), (64, 128, 4, 4, 1, 2, 0, 8), (64, 128, 4, 3, 1, 2, 0, 8),
+            (64, 128, 4, 3, 1, 0, 168, 8), (64, 128, 4, 2, 1, 4, 128, 8), (64, 128, 4, 2, 1, 3, 168, 8),
+            (128, 64, 4, 3, 1, 3, 168, 8), (128, 64, 4, 4, 1, 2, 0, 8), (64, 256, 4, 3, 2, 2, 0, 8),
+            (64, 256, 4, 4, 2, 1, 0, 8), (128, 128, 8, 4, 1, 1, 0, 8), (128, 128, 4, 3, 2, 1, 0, 8),
+            (64, 64, 4, 4, 1, 4, 128, 8))
+    return [{"kernel": "tma", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "SPLIT_K": 1, "GROUP_M": gm,
+             "num_warps": w, "num_stages": st, "N_SPLIT": sp, "persistent": occ > 0, "occupancy": max(occ, 1),
+             "maxnreg": mr} for bm, bn, w, st, sp, occ, mr, gm in rows]
+
+
 def ws_gemm(a, a_s, w, w_s, cfg):
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -130,8 +144,11 @@ class Rows(list):
         print(f"[{time.perf_counter() - self.t0:7.1f} s] {what}", file=sys.stderr, flush=True)
 
 
-def part_prefill(rows, env, ws: bool = False):
-    cfgs = [] if ws else [c for c in candidate_configs(4096) if c["kernel"] == "tma"] + extra_prefill_configs()
+def part_prefill(rows, env, ws: bool = False, scalar: bool = False):
+    if scalar:
+        cfgs = scalar_configs()
+    else:
+        cfgs = [] if ws else [c for c in candidate_configs(4096) if c["kernel"] == "tma"] + extra_prefill_configs()
     rows.trying(f"prefill: compiling {len(cfgs)} configs")
     status = precompile(cfgs) if cfgs else {}
     cfgs = [c for c in cfgs if status[json.dumps(c, sort_keys=True)] == "ok"]
@@ -221,6 +238,7 @@ def main() -> None:
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     rows = Rows(args.out)
     parts = {"prefill": part_prefill, "prefill_ws": lambda r, e: part_prefill(r, e, ws=True),
+             "prefill_scalar": lambda r, e: part_prefill(r, e, scalar=True),
              "ragged": part_ragged, "decode": part_decode}
     for part in args.parts.split(","):
         rows.trying(f"part {part}")

@@ -131,7 +131,12 @@ CONFIGS = {
     "splitk3": {**CFG, "SPLIT_K": 3},
     "bm32_splitk2": {**CFG, "BLOCK_M": 32, "BLOCK_N": 64, "SPLIT_K": 2},
     "tma": {**CFG, "kernel": "tma", "BLOCK_M": 32, "BLOCK_N": 64, "persistent": True},
-    "tma_unroll2": {**CFG, "kernel": "tma", "BLOCK_M": 16, "BLOCK_N": 64, "persistent": False, "K_UNROLL": 2},
+    "tma_split2_occ3": {**CFG, "kernel": "tma", "BLOCK_M": 16, "BLOCK_N": 128, "N_SPLIT": 2, "occupancy": 3,
+                        "maxnreg": 168},
+    "tma_one_per_tile": {**CFG, "kernel": "tma", "BLOCK_M": 16, "BLOCK_N": 64, "persistent": False},
+    # 256 columns span two weight-scale blocks: the per-column scale vector instead of one scalar per tile
+    "ptr_bn256": {**CFG, "BLOCK_N": 256},
+    "tma_bn256": {**CFG, "kernel": "tma", "BLOCK_M": 16, "BLOCK_N": 256},
 }
 
 
@@ -161,6 +166,22 @@ def test_gemm_ragged(device, cfg_name, m):
         diff = (out.float().cpu() - ref).abs().max().item()
         assert diff <= gemm_atol(ref, out_dtype), (
             f"backend=triton cfg={cfg_name} fmt={fmt} M={m} N={n} K={k} diff={diff} atol={gemm_atol(ref, out_dtype)}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [64, 150, 320])
+def test_gemm_tma_split_tile_past_n(device, n):
+    """N_SPLIT=2: the second half of the last tile may start at or past N (N=150: columns 192..255); its weight
+    scale is not read and nothing is written there."""
+    _skip_cpu_on_gpu_box(device)
+    m, k = 40, 384
+    x_q, x_s, w_q, w_s = _gemm_case(m, n, k, "float32", device, seed=n)
+    ref = R.gemm_reference(x_q.cpu(), x_s.cpu(), w_q.cpu(), w_s.cpu(), (128, 128), torch.float32)
+    out = torch.full((m, n + 8), float("nan"), dtype=torch.float32, device=device)[:, :n]  # poisoned past N
+    triton_gemm.fp8_block_gemm(x_q, x_s, w_q, w_s, (128, 128), torch.float32, config=CONFIGS["tma_split2_occ3"],
+                               out=out)
+    assert (out.cpu() - ref).abs().max() <= gemm_atol(ref, torch.float32)
+    assert torch.isnan(out.as_strided((m, 8), out.stride(), n)).all(), "wrote past N"
 
 
 @pytest.mark.parametrize("device", DEVICES)

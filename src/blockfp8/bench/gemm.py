@@ -103,19 +103,15 @@ def candidate_configs(m: int) -> list[dict]:
         for bm, bn, st in ((128, 128, 3), (128, 128, 4), (128, 256, 3), (256, 128, 3)):
             cfgs.append({**base, "BLOCK_M": bm, "BLOCK_N": bn, "SPLIT_K": 1, "num_warps": 8, "num_stages": st})
     tma = {"kernel": "tma", "BLOCK_K": 128, "SPLIT_K": 1, "GROUP_M": 8}
-    for bm, bn, w in ((64, 128, 4), (128, 128, 8), (128, 256, 8), (256, 128, 8)):
-        if m <= 256 and (bn == 256 or bm == 256):
-            continue
-        for st in (3, 4):
-            for persistent in (True, False):
-                if bm * bn >= 32768 and st == 4:
-                    continue  # 4 stages of 128x256 + 256x128 fp8 tiles: too much shared memory
-                cfgs.append({**tma, "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": st,
-                             "persistent": persistent})
+    # (tile, warps, stages, programs per SM (0: one per tile), register cap, N_SPLIT): several small programs per
+    # SM overlap one's promotion with another's MMAs (docs/kernels.md, "Kernel probes").
+    rows = [(64, 128, 4, 3, 3, 168, 1), (64, 128, 4, 4, 2, 0, 1), (64, 128, 4, 4, 0, 0, 1), (128, 64, 4, 4, 2, 0, 1),
+            (128, 64, 4, 3, 3, 168, 1), (128, 128, 8, 4, 1, 0, 1)]
     if m > 256:
-        for bm, bn, st in ((128, 128, 2), (128, 128, 3), (128, 256, 2)):
-            cfgs.append({**tma, "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 8, "num_stages": st, "persistent": True,
-                         "K_UNROLL": 2})
+        rows += [(64, 128, 4, 3, 0, 168, 1), (128, 256, 8, 3, 1, 0, 2)]
+    for bm, bn, w, st, occ, cap, split in rows:
+        cfgs.append({**tma, "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": st, "persistent": occ > 0,
+                     "occupancy": max(occ, 1), "maxnreg": cap, "N_SPLIT": split})
     return cfgs
 
 

@@ -25,6 +25,22 @@ def _epilogue(acc, out_ptr, bias_ptr, rm, rn, M, N, stride_om, stride_on, HAS_BI
     ptrs = out_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :] * stride_on
     tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
+
+@triton.jit
+def _tile_scale(sa, bs_ptr, n0, N, g, stride_bsn, stride_bsk, SCALE_BN: tl.constexpr, COLS: tl.constexpr):
+    """The promotion factor of K block ``g`` for the tile of ``COLS`` columns from ``n0``: the activation scale
+    ``sa`` (per row) times the weight scale. Where the tile's columns share one weight-scale block (a tile never
+    straddles one when ``SCALE_BN`` is a multiple of ``COLS``) that is one scalar, and the promotion is one FMA per
+    element; else a per-column vector (a multiply more per element)."""
+    if SCALE_BN % COLS == 0:
+        sb = tl.load(bs_ptr + (n0 // SCALE_BN) * stride_bsn + g * stride_bsk, mask=n0 < N, other=0.0)
+        return (sa * sb)[:, None]
+    else:
+        rn = n0 + tl.arange(0, COLS)
+        sb = tl.load(bs_ptr + (rn // SCALE_BN) * stride_bsn + g * stride_bsk, mask=rn < N, other=0.0)
+        return sa[:, None] * sb[None, :]
+
+
 @triton.jit(do_not_specialize=["M"])
 def _fp8_block_gemm_kernel(
     a_ptr, b_ptr, as_ptr, bs_ptr, out_ptr, bias_ptr, ws_ptr, cnt_ptr,
@@ -53,7 +69,6 @@ def _fp8_block_gemm_kernel(
     a_ptrs = a_ptr + rm[:, None].to(tl.int64) * stride_am + rk[None, :] * stride_ak
     b_ptrs = b_ptr + rn[None, :].to(tl.int64) * stride_bn + rk[:, None] * stride_bk
     as_ptrs = as_ptr + rm * stride_asm
-    bs_ptrs = bs_ptr + (rn // SCALE_BN) * stride_bsn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kb in range(kb_start, kb_end):
         k0 = kb * BLOCK_K
@@ -61,8 +76,8 @@ def _fp8_block_gemm_kernel(
         a = tl.load(a_ptrs + k0 * stride_ak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(b_ptrs + k0 * stride_bk, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         sa = tl.load(as_ptrs + (k0 // SCALE_BK) * stride_ask, mask=m_ok, other=0.0)
-        sb = tl.load(bs_ptrs + (k0 // SCALE_BK) * stride_bsk, mask=n_ok, other=0.0)
-        acc += tl.dot(a, b) * (sa[:, None] * sb[None, :])
+        scale = _tile_scale(sa, bs_ptr, pid_n * BLOCK_N, N, k0 // SCALE_BK, stride_bsn, stride_bsk, SCALE_BN, BLOCK_N)
+        acc += tl.dot(a, b) * scale
     if SPLIT_K == 1:
         _epilogue(acc, out_ptr, bias_ptr, rm, rn, M, N, stride_om, stride_on, HAS_BIAS)
     else:
@@ -88,47 +103,36 @@ def _fp8_block_gemm_tma_kernel(
     stride_om, stride_on,
     SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, NUM_PROGS: tl.constexpr, NUM_STAGES: tl.constexpr, K_UNROLL: tl.constexpr,
+    GROUP_M: tl.constexpr, NUM_PROGS: tl.constexpr, NUM_STAGES: tl.constexpr, N_SPLIT: tl.constexpr,
 ):
-    start = tl.program_id(0)
+    # N_SPLIT = 2 runs each tile as two MMAs of BLOCK_N / 2 columns (``b_desc`` has that block): fewer registers
+    # hold a partial product.
+    PART: tl.constexpr = BLOCK_N // N_SPLIT
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_tiles = num_pid_m * num_pid_n
     k_blocks = tl.cdiv(K, BLOCK_K)
-    for tile in range(start, num_tiles, NUM_PROGS):
+    for tile in range(tl.program_id(0), num_tiles, NUM_PROGS):
         pid_m, pid_n = _tile_ids(tile, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
         rm = off_m + tl.arange(0, BLOCK_M)
-        rn = off_n + tl.arange(0, BLOCK_N)
+        rn = off_n + tl.arange(0, PART)
         m_ok = rm < M
-        n_ok = rn < N
         as_ptrs = as_ptr + rm * stride_asm
-        bs_ptrs = bs_ptr + (rn // SCALE_BN) * stride_bsn
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if K_UNROLL == 1:
-            for kb in tl.range(0, k_blocks, num_stages=NUM_STAGES):
-                k0 = kb * BLOCK_K
-                a = a_desc.load([off_m, k0])
-                b = b_desc.load([off_n, k0])
-                sa = tl.load(as_ptrs + (k0 // SCALE_BK) * stride_ask, mask=m_ok, other=0.0)
-                sb = tl.load(bs_ptrs + (k0 // SCALE_BK) * stride_bsk, mask=n_ok, other=0.0)
-                acc += tl.dot(a, b.T) * (sa[:, None] * sb[None, :])
-        else:  # two K blocks per step: both MMAs are issued before the first promotion waits on them
-            for kb in tl.range(0, k_blocks, 2, num_stages=NUM_STAGES):
-                k0 = kb * BLOCK_K
-                k1 = k0 + BLOCK_K
-                a0 = a_desc.load([off_m, k0])
-                b0 = b_desc.load([off_n, k0])
-                a1 = a_desc.load([off_m, k1])  # out of bounds past K: TMA fills zeros
-                b1 = b_desc.load([off_n, k1])
-                sa0 = tl.load(as_ptrs + (k0 // SCALE_BK) * stride_ask, mask=m_ok, other=0.0)
-                sb0 = tl.load(bs_ptrs + (k0 // SCALE_BK) * stride_bsk, mask=n_ok, other=0.0)
-                g1 = tl.minimum(k1, K - 1) // SCALE_BK  # past K: read a valid scale, then zero it
-                sa1 = tl.load(as_ptrs + g1 * stride_ask, mask=m_ok, other=0.0)
-                sb1 = tl.load(bs_ptrs + g1 * stride_bsk, mask=n_ok, other=0.0)
-                sb1 = tl.where(k1 < K, sb1, 0.0)
-                p0 = tl.dot(a0, b0.T)
-                p1 = tl.dot(a1, b1.T)
-                acc += p0 * (sa0[:, None] * sb0[None, :]) + p1 * (sa1[:, None] * sb1[None, :])
-        _epilogue(acc, out_ptr, bias_ptr, rm, rn, M, N, stride_om, stride_on, HAS_BIAS)
+        acc0 = tl.zeros((BLOCK_M, PART), dtype=tl.float32)
+        if N_SPLIT == 2:
+            acc1 = tl.zeros((BLOCK_M, PART), dtype=tl.float32)
+        for kb in tl.range(0, k_blocks, num_stages=NUM_STAGES):
+            k0 = kb * BLOCK_K
+            g = k0 // SCALE_BK
+            a = a_desc.load([off_m, k0])
+            sa = tl.load(as_ptrs + g * stride_ask, mask=m_ok, other=0.0)
+            s0 = _tile_scale(sa, bs_ptr, off_n, N, g, stride_bsn, stride_bsk, SCALE_BN, PART)
+            acc0 += tl.dot(a, b_desc.load([off_n, k0]).T) * s0
+            if N_SPLIT == 2:
+                s1 = _tile_scale(sa, bs_ptr, off_n + PART, N, g, stride_bsn, stride_bsk, SCALE_BN, PART)
+                acc1 += tl.dot(a, b_desc.load([off_n + PART, k0]).T) * s1
+        _epilogue(acc0, out_ptr, bias_ptr, rm, rn, M, N, stride_om, stride_on, HAS_BIAS)
+        if N_SPLIT == 2:
+            _epilogue(acc1, out_ptr, bias_ptr, rm, rn + PART, M, N, stride_om, stride_on, HAS_BIAS)

@@ -12,7 +12,11 @@ Two kernels, one launcher:
   slice writes a float32 partial, bumps a per-tile counter, and the last one to arrive sums the partials in a
   fixed order (deterministic), applies bias/cast and resets the counter -- one launch, no memset.
 * ``_fp8_block_gemm_tma_kernel`` (Hopper): tensor descriptors (TMA loads, zero-filled out of bounds), a
-  persistent grid of at most one program per SM walking the tiles in grouped order. For large M.
+  persistent grid of ``occupancy`` programs per SM walking the tiles in grouped order. For large M. Triton waits
+  for each MMA before its promotion, so the tensor cores idle while one program promotes; two or three small
+  programs per SM (64x128 tiles, registers capped by ``maxnreg``) fill that gap with each other's MMAs.
+
+Both promote with one FMA per element where a tile's columns share one weight-scale block (``_tile_scale``).
 
 The tile config comes from the caller (the Triton backend reads the tuned table for the layer's GPU once, at
 weight-preparation time); :func:`default_config` is the heuristic for everything else.
@@ -64,20 +68,25 @@ def default_config(m: int, n: int, k: int, sms: int = 132, cuda: bool = True) ->
     if m <= 256 or not cuda:
         return {"kernel": "ptr", "BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 1, "GROUP_M": 8,
                 "num_warps": 4, "num_stages": 4}
-    return {"kernel": "tma", "BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 1, "GROUP_M": 8,
-            "num_warps": 8, "num_stages": 4, "persistent": True}
+    return dict(PREFILL_CONFIG)
 
+
+# The best TMA config of the H200 prefill probe (docs/kernels.md, "Kernel probes"): three 64x128 programs per SM.
+PREFILL_CONFIG = {"kernel": "tma", "BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 1, "GROUP_M": 8,
+                  "num_warps": 4, "num_stages": 3, "persistent": True, "occupancy": 3, "maxnreg": 168}
 
 _default_config = functools.lru_cache(maxsize=4096)(default_config)  # per launch: callers copy the dict
 
 # The tile config as the ``gemm_triton`` operator carries it: a list of ints in this order (operators take no dicts).
 CONFIG_KEYS = ("kernel", "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "GROUP_M", "num_warps", "num_stages",
-               "persistent", "K_UNROLL")
+               "persistent", "N_SPLIT", "occupancy", "maxnreg")
 _KERNEL_IDS = {"ptr": 0, "tma": 1}
 # What the launcher assumes for a key a config leaves out, per kernel.
 _CONFIG_DEFAULTS = {
-    "ptr": {"SPLIT_K": 1, "GROUP_M": 8, "num_warps": 4, "num_stages": 3, "persistent": True, "K_UNROLL": 1},
-    "tma": {"SPLIT_K": 1, "GROUP_M": 8, "num_warps": 8, "num_stages": 4, "persistent": True, "K_UNROLL": 1},
+    "ptr": {"SPLIT_K": 1, "GROUP_M": 8, "num_warps": 4, "num_stages": 3, "persistent": True, "N_SPLIT": 1,
+            "occupancy": 1, "maxnreg": 0},
+    "tma": {"SPLIT_K": 1, "GROUP_M": 8, "num_warps": 8, "num_stages": 4, "persistent": True, "N_SPLIT": 1,
+            "occupancy": 1, "maxnreg": 0},
 }
 
 
@@ -185,18 +194,19 @@ def fp8_block_gemm(
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         bm, bnt = cfg["BLOCK_M"], cfg["BLOCK_N"]
+        n_split = cfg.get("N_SPLIT", 1)
         a_desc = TensorDescriptor.from_tensor(a, [bm, bk_tile])
-        b_desc = TensorDescriptor.from_tensor(w_q, [bnt, bk_tile])
+        b_desc = TensorDescriptor.from_tensor(w_q, [bnt // n_split, bk_tile])
         tiles = cdiv(m, bm) * cdiv(n, bnt)
-        progs = min(tiles, sms) if cfg.get("persistent", True) else tiles
+        progs = min(tiles, sms * cfg.get("occupancy", 1)) if cfg.get("persistent", True) else tiles
+        extra = {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") and x_q.is_cuda else {}
         kernels["tma"][(progs,)](
             a_desc, b_desc, a_s, w_scale, out, bias_arg, m, n, k,
             a_s.stride(0), a_s.stride(1), w_scale.stride(0), w_scale.stride(1),
             out.stride(0), out.stride(1),
             SCALE_BN=bn, SCALE_BK=bk, HAS_BIAS=bias is not None,
             BLOCK_M=bm, BLOCK_N=bnt, BLOCK_K=bk_tile, GROUP_M=cfg.get("GROUP_M", 8), NUM_PROGS=progs,
-            NUM_STAGES=cfg.get("num_stages", 4), K_UNROLL=cfg.get("K_UNROLL", 1) if bk_tile == bk else 1,
-            num_warps=cfg.get("num_warps", 8),
+            NUM_STAGES=cfg.get("num_stages", 4), N_SPLIT=n_split, num_warps=cfg.get("num_warps", 8), **extra,
         )
         return out.reshape(*lead, n)
     bm, bnt = cfg["BLOCK_M"], cfg["BLOCK_N"]
