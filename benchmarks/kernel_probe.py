@@ -4,12 +4,13 @@ docs/kernels.md, "Kernel probes"). Writes one CSV row per (part, shape, M, varia
 Parts:
 * ``prefill``: Triton block-FP8 configs (the tuner's candidates plus occupancy-oriented ones) against torch's
   blockwise ``scaled_mm``, M in {512, 4096}; ``prefill_ws``: the same cells with a warp-specialized K loop
-  (a part of its own, so that a hang there costs only that part);
+  (a part of its own, so that a hang there costs only that part); ``prefill_scalar``: the shipped TMA kernel (one
+  FMA per element where a tile has one weight scale) in configs around the best ones, several programs per SM;
 * ``ragged``: ``scaled_mm`` on a ragged N (2880) against the same GEMM with N padded to the next multiple of 128
   (M below 4 runs 4 rows, as the layer pads them);
 * ``decode``: every Triton decode candidate on the ragged shapes, weights cold (a chain of copies in one graph).
 
-Usage: python benchmarks/kernel_probe.py --out probe.csv [--parts ragged,prefill,decode,prefill_ws]
+Usage: python benchmarks/kernel_probe.py --out probe.csv [--parts ragged,prefill,decode,prefill_ws,prefill_scalar]
 (On an H200 with Triton 3.6 the ``prefill`` part, then holding the warp-specialized variants too, did not finish
 within 9 minutes and wrote nothing; which variant hung was not isolated. Run each part under ``timeout``: the CSV
 is now rewritten after every row, and every variant is announced on stderr before it runs, so a run that is
