@@ -8,9 +8,7 @@ Parts:
   FMA per element where a tile has one weight scale) in configs around the best ones, several programs per SM;
 * ``ragged``: ``scaled_mm`` on a ragged N (2880) against the same GEMM with N padded to the next multiple of 128
   (M below 4 runs 4 rows, as the layer pads them);
-* ``decode``: every Triton decode candidate on the ragged shapes, weights cold (a chain of copies in one graph);
-* ``decode_pdl``: quantizer + Triton GEMM on the 14 layer shapes, M 1-128, programmatic dependent launch on and off
-  (``vs_scaled_mm`` there is the time without it over the time of the row).
+* ``decode``: every Triton decode candidate on the ragged shapes, weights cold (a chain of copies in one graph).
 
 Usage: python benchmarks/kernel_probe.py --out probe.csv [--parts ragged,prefill,decode,prefill_ws,prefill_scalar]
 (On an H200 with Triton 3.6 the ``prefill`` part, then holding the warp-specialized variants too, did not finish
@@ -233,47 +231,6 @@ def part_decode(rows, env):
                              "tflops": 2 * m * n * k / us / 1e6, "vs_scaled_mm": ""})
 
 
-LAYER_NK = ((2112, 7168), (576, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048),
-            (10240, 8192), (8192, 28672), (6144, 4096), (2880, 2880), (4096, 12288), (8192, 8192), (5120, 2880))
-
-
-def part_decode_pdl(rows, env):
-    """Quantizer + Triton GEMM per layer, a chain of cold weight copies in one graph, the tuned config with
-    programmatic dependent launch on and off (A/B/A/B, best of each); M in {1, 16, 64, 128}."""
-    from blockfp8.backends import tuned
-    from blockfp8.kernels.triton import act_quant
-    from blockfp8.platform import detect
-
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    keys = tuned.platform_keys(detect())
-    for n, k in LAYER_NK:
-        copies = max(4, min(64, math.ceil(4 * l2 / (n * k))))
-        cfgs = tuned.triton_configs(keys, n, k)
-        for m in (1, 16, 64, 128):
-            cfg = cfgs.get(tuned.m_bucket(m)) or tgemm.default_config(m, n, k)
-            _, x_q, x_s, w_q, w_s = operands(m, n, k)
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            ws = [(w_q.clone(), w_s.clone()) for _ in range(copies)]
-            times = {0: [], 1: []}
-            for pdl in (0, 1, 0, 1):
-                c = {**cfg, "pdl": pdl}
-                rows.trying(f"decode_pdl M={m} {n}x{k} pdl={pdl}")
-
-                def chain(c=c):
-                    for wq, wsc in ws:
-                        q, s = act_quant.quantize_act(x, 128)
-                        tgemm.fp8_block_gemm(q, s, wq, wsc, config=c)
-                q, s = act_quant.quantize_act(x, 128)
-                check(tgemm.fp8_block_gemm(q, s, w_q, w_s, config=c),
-                      ref.gemm_reference(q, s, w_q, w_s, (128, 128), torch.bfloat16), str(c))
-                times[pdl].append(graph_us(chain) / copies)
-            for pdl in (0, 1):
-                us = min(times[pdl])
-                rows.append({**env, "part": "decode_pdl", "m": m, "n": n, "k": k, "variant": f"pdl{pdl}",
-                             "config": cfg, "us": us, "tflops": 2 * m * n * k / us / 1e6,
-                             "vs_scaled_mm": min(times[0]) / us})
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -283,7 +240,7 @@ def main() -> None:
     rows = Rows(args.out)
     parts = {"prefill": part_prefill, "prefill_ws": lambda r, e: part_prefill(r, e, ws=True),
              "prefill_scalar": lambda r, e: part_prefill(r, e, scalar=True),
-             "ragged": part_ragged, "decode": part_decode, "decode_pdl": part_decode_pdl}
+             "ragged": part_ragged, "decode": part_decode}
     for part in args.parts.split(","):
         rows.trying(f"part {part}")
         parts[part](rows, env)

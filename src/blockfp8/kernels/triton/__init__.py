@@ -38,16 +38,3 @@ def check_device(device: torch.device | str) -> None:
     if not on_cuda and not interpreting():
         raise QuantError(f"tensor on {device}: Triton kernels run on CUDA tensors; for CPU tensors set "
                          "TRITON_INTERPRET=1 before the first kernel is built (the interpreter, for tests)")
-
-
-def pdl_capable(device: torch.device) -> bool:
-    """Whether kernels on ``device`` use programmatic dependent launch (CUDA, sm_90 and newer): a kernel launched
-    with it may start while the one before it finishes, and waits (``gdc_wait``) before reading that one's output."""
-    return device.type == "cuda" and _pdl_capable(device.index if device.index is not None
-                                                  else torch.cuda.current_device())
-
-
-@functools.cache
-def _pdl_capable(device_index: int) -> bool:
-    return not interpreting() and torch.cuda.get_device_capability(device_index)[0] >= 9
-

@@ -6,7 +6,6 @@ See ``act_quant`` for what it computes and the scale layouts it writes.
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents
 
 
 @triton.jit
@@ -51,10 +50,8 @@ def _quantize_act_kernel(
     stride_xm, stride_qm, stride_sm, stride_sg,
     eps, fmax,
     UE8M0: tl.constexpr, PACKED: tl.constexpr,
-    GROUP: tl.constexpr, GROUPS_PER_PROG: tl.constexpr, BLOCK_M: tl.constexpr, PDL: tl.constexpr,
+    GROUP: tl.constexpr, GROUPS_PER_PROG: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    if PDL:  # the GEMM after us may launch now: it streams its weight while we run, then waits for our output
-        gdc_launch_dependents()
     pid_m = tl.program_id(0)
     pid_g = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -5,7 +5,6 @@ See ``triton_gemm`` for what they compute and how they are launched.
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
 
 
 @triton.jit
@@ -25,13 +24,6 @@ def _epilogue(acc, out_ptr, bias_ptr, rm, rn, M, N, stride_om, stride_on, HAS_BI
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     ptrs = out_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :] * stride_on
     tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _prefetch_l2(ptrs):
-    """Ask L2 for the 128-byte lines at ``ptrs`` (no registers filled, nothing waited for)."""
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
 
 
 @triton.jit
@@ -58,7 +50,7 @@ def _fp8_block_gemm_kernel(
     stride_om, stride_on,
     SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -77,11 +69,6 @@ def _fp8_block_gemm_kernel(
     a_ptrs = a_ptr + rm[:, None].to(tl.int64) * stride_am + rk[None, :] * stride_ak
     b_ptrs = b_ptr + rn[None, :].to(tl.int64) * stride_bn + rk[:, None] * stride_bk
     as_ptrs = as_ptr + rm * stride_asm
-    if PDL:  # launched while the activation quantizer may still run: the weight does not depend on it
-        rn_in = tl.minimum(rn, N - 1).to(tl.int64) * stride_bn
-        for j in tl.static_range(PREFETCH):  # one line per weight row and K block (K contiguous)
-            _prefetch_l2(b_ptr + rn_in + tl.minimum(kb_start + j, k_blocks - 1) * BLOCK_K * stride_bk)
-        gdc_wait()  # the quantizer's output (and everything before it) is complete and visible from here
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kb in range(kb_start, kb_end):
         k0 = kb * BLOCK_K

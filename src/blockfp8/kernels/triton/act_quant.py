@@ -28,7 +28,7 @@ import functools
 import torch
 
 from blockfp8.kernels.act_quant import padded_width
-from blockfp8.kernels.triton import check_device, pdl_capable
+from blockfp8.kernels.triton import check_device
 from blockfp8.quant.layouts import ScaleFmt, ScaleLayout, empty_scales
 from blockfp8.quant.reference import ACT_EPS, QuantError, cdiv
 
@@ -103,7 +103,6 @@ def quantize_act(
             ACT_EPS, float(torch.finfo(fp8_dtype).max),
             UE8M0=scale_fmt == "ue8m0", PACKED=packed,
             GROUP=group_size, GROUPS_PER_PROG=gpp, BLOCK_M=bm,
-            PDL=pdl_capable(x.device),
             num_warps=4,
         )
         if q_out is not q:

@@ -17,11 +17,6 @@ Two kernels, one launcher:
   programs per SM (64x128 tiles, registers capped by ``maxnreg``) fill that gap with each other's MMAs.
 
 Both promote with one FMA per element where a tile's columns share one weight-scale block (``_tile_scale``).
-On sm_90 and newer the pointer kernel (decode and small M) is launched with programmatic dependent launch
-(config ``pdl``, default on): it may start while the activation quantizer before it still runs (the quantizer
-lets it, ``gdc_launch_dependents``), asks L2 for the start of its weight slice, and only then waits for the
-quantizer's output (``gdc_wait``). A weight does not depend on the activation, so its stream starts one kernel
-earlier.
 
 The tile config comes from the caller (the Triton backend reads the tuned table for the layer's GPU once, at
 weight-preparation time); :func:`default_config` is the heuristic for everything else.
@@ -33,7 +28,7 @@ import functools
 
 import torch
 
-from blockfp8.kernels.triton import check_device, pdl_capable
+from blockfp8.kernels.triton import check_device
 from blockfp8.quant.reference import QuantError, cdiv, normalize_block_size
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -84,14 +79,14 @@ _default_config = functools.lru_cache(maxsize=4096)(default_config)  # per launc
 
 # The tile config as the ``gemm_triton`` operator carries it: a list of ints in this order (operators take no dicts).
 CONFIG_KEYS = ("kernel", "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "GROUP_M", "num_warps", "num_stages",
-               "persistent", "N_SPLIT", "occupancy", "maxnreg", "pdl")
+               "persistent", "N_SPLIT", "occupancy", "maxnreg")
 _KERNEL_IDS = {"ptr": 0, "tma": 1}
 # What the launcher assumes for a key a config leaves out, per kernel.
 _CONFIG_DEFAULTS = {
     "ptr": {"SPLIT_K": 1, "GROUP_M": 8, "num_warps": 4, "num_stages": 3, "persistent": True, "N_SPLIT": 1,
-            "occupancy": 1, "maxnreg": 0, "pdl": 1},
+            "occupancy": 1, "maxnreg": 0},
     "tma": {"SPLIT_K": 1, "GROUP_M": 8, "num_warps": 8, "num_stages": 4, "persistent": True, "N_SPLIT": 1,
-            "occupancy": 1, "maxnreg": 0, "pdl": 1},
+            "occupancy": 1, "maxnreg": 0},
 }
 
 
@@ -130,17 +125,6 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
         buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
         _COUNTERS[device] = buf
     return buf
-
-
-# What the pointer kernel may ask L2 for before the quantizer's output is ready: at most about half an H100/H200 L2,
-# at most 8 K blocks per program (unrolled).
-PREFETCH_BYTES = 24 << 20
-
-
-def _prefetch_blocks(n: int, block_k: int, split: int, per_split: int) -> int:
-    """K blocks per program to prefetch into L2 under programmatic dependent launch: the start of every
-    program's weight slice, all of it where the whole weight fits ``PREFETCH_BYTES``."""
-    return max(1, min(per_split, 8, PREFETCH_BYTES // max(1, n * block_k * split)))
 
 
 def _check(x_q, x_scale, w_q, w_scale, block_size, out_dtype):
@@ -235,8 +219,6 @@ def fp8_block_gemm(
         cnt = _counters(x_q.device, tiles)
     else:
         ws, cnt = out, out
-    pdl = bool(cfg.get("pdl", True)) and pdl_capable(x_q.device)
-    per_split = cdiv(cdiv(k, bk_tile), split)
     kernels["ptr"][(tiles, split)](
         a, w_q, a_s, w_scale, out, bias_arg, ws, cnt, m, n, k,
         a.stride(0), a.stride(1), w_q.stride(0), w_q.stride(1),
@@ -244,8 +226,6 @@ def fp8_block_gemm(
         out.stride(0), out.stride(1),
         SCALE_BN=bn, SCALE_BK=bk, HAS_BIAS=bias is not None,
         BLOCK_M=bm, BLOCK_N=bnt, BLOCK_K=bk_tile, SPLIT_K=split, GROUP_M=cfg.get("GROUP_M", 8),
-        PDL=pdl, PREFETCH=_prefetch_blocks(n, bk_tile, split, per_split) if pdl else 0,
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3),
-        **({"launch_pdl": True} if pdl else {}),
     )
     return out.reshape(*lead, n)
