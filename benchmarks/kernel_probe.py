@@ -8,9 +8,7 @@ Parts:
   FMA per element where a tile has one weight scale) in configs around the best ones, several programs per SM;
 * ``ragged``: ``scaled_mm`` on a ragged N (2880) against the same GEMM with N padded to the next multiple of 128
   (M below 4 runs 4 rows, as the layer pads them);
-* ``decode``: every Triton decode candidate on the ragged shapes, weights cold (a chain of copies in one graph);
-* ``decode_fused``: quantizer + GEMM against the GEMM that quantizes its own activation tiles, 14 layer shapes, M
-  1-64 (``vs_scaled_mm`` there is the two-launch time over the row's).
+* ``decode``: every Triton decode candidate on the ragged shapes, weights cold (a chain of copies in one graph).
 
 Usage: python benchmarks/kernel_probe.py --out probe.csv [--parts ragged,prefill,decode,prefill_ws,prefill_scalar]
 (On an H200 with Triton 3.6 the ``prefill`` part, then holding the warp-specialized variants too, did not finish
@@ -233,64 +231,6 @@ def part_decode(rows, env):
                              "tflops": 2 * m * n * k / us / 1e6, "vs_scaled_mm": ""})
 
 
-LAYER_NK = ((2112, 7168), (576, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048),
-            (10240, 8192), (8192, 28672), (6144, 4096), (2880, 2880), (4096, 12288), (8192, 8192), (5120, 2880))
-
-
-def part_decode_fused(rows, env):
-    """Quantizer + Triton GEMM (two launches) against the GEMM that quantizes its own activation tiles (one
-    launch), per layer, a chain of cold weight copies in one graph; the tuned config, and for the fused kernel
-    also 128-wide N tiles (fewer tiles quantize the same rows again). M in {1, 16, 64}; best of two A/B rounds."""
-    from blockfp8.backends import tuned
-    from blockfp8.kernels.triton import act_quant
-    from blockfp8.platform import detect
-
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    keys = tuned.platform_keys(detect())
-    for n, k in LAYER_NK:
-        copies = max(4, min(64, math.ceil(4 * l2 / (n * k))))
-        cfgs = tuned.triton_configs(keys, n, k)
-        for m in (1, 16, 64):
-            cfg = cfgs.get(tuned.m_bucket(m)) or tgemm.default_config(m, n, k)
-            if cfg.get("kernel", "ptr") != "ptr":
-                continue
-            _, _, _, w_q, w_s = operands(m, n, k)
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            ws = [(w_q.clone(), w_s.clone()) for _ in range(copies)]
-            q, s = act_quant.quantize_act(x, 128)
-            expect = tgemm.fp8_block_gemm(q, s, w_q, w_s, config=cfg)
-
-            def two_step(c=cfg):
-                for wq, wsc in ws:
-                    q, s = act_quant.quantize_act(x, 128)
-                    tgemm.fp8_block_gemm(q, s, wq, wsc, config=c)
-
-            variants = {"two_step": (cfg, two_step)}
-            for tag, c in (("fused", cfg), ("fused_bn128", {**cfg, "BLOCK_N": 128})):
-                if tag == "fused_bn128" and cfg["BLOCK_N"] >= 128:
-                    continue
-                same = torch.equal(tgemm.fp8_block_gemm_quant_act(x, w_q, w_s, config=c), expect) if c is cfg \
-                    else None
-                check(tgemm.fp8_block_gemm_quant_act(x, w_q, w_s, config=c), expect, f"{tag} {c}")
-
-                def fused(c=c):
-                    for wq, wsc in ws:
-                        tgemm.fp8_block_gemm_quant_act(x, wq, wsc, config=c)
-
-                variants[tag] = (c, fused, same)
-            times: dict = {name: [] for name in variants}
-            for _ in range(2):
-                for name, (_c, fn, *_) in variants.items():
-                    rows.trying(f"decode_fused M={m} {n}x{k} {name}")
-                    times[name].append(graph_us(fn) / copies)
-            base = min(times["two_step"])
-            for name, (c, _fn, *same) in variants.items():
-                us = min(times[name])
-                rows.append({**env, "part": "decode_fused", "m": m, "n": n, "k": k, "variant": name,
-                             "config": c, "us": us, "tflops": 2 * m * n * k / us / 1e6, "vs_scaled_mm": base / us,
-                             "bitwise_two_step": same[0] if same else ""})
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -300,7 +240,7 @@ def main() -> None:
     rows = Rows(args.out)
     parts = {"prefill": part_prefill, "prefill_ws": lambda r, e: part_prefill(r, e, ws=True),
              "prefill_scalar": lambda r, e: part_prefill(r, e, scalar=True),
-             "ragged": part_ragged, "decode": part_decode, "decode_fused": part_decode_fused}
+             "ragged": part_ragged, "decode": part_decode}
     for part in args.parts.split(","):
         rows.trying(f"part {part}")
         parts[part](rows, env)

@@ -17,7 +17,6 @@ triton = pytest.importorskip("triton")
 
 from blockfp8.kernels.triton import act_quant as triton_quant  # noqa: E402
 from blockfp8.kernels.triton import gemm as triton_gemm  # noqa: E402
-from blockfp8.kernels.triton._gemm_kernels import _round_e4m3  # noqa: E402
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 RAGGED_M = (1, 3, 13, 67, 199)
@@ -226,82 +225,6 @@ def test_gemm_splitk_counters_reset(device):
     b = triton_gemm.fp8_block_gemm(x_q, x_s, w_q, w_s, config={**CFG, "SPLIT_K": 4})
     assert torch.equal(a, b)
     assert int(triton_gemm._counters(x_q.device, 1).abs().sum()) == 0
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("fmt", ["float32", "ue8m0"])
-@pytest.mark.parametrize("m", (1, 3, 13, 67))
-@pytest.mark.parametrize("cfg_name", ["plain", "splitk3", "bm32_splitk2"])
-def test_gemm_quant_act_matches_two_steps(device, fmt, m, cfg_name):
-    """The pointer kernel quantizing its own activation tiles: against the reference (quantize, then GEMM), and
-    on the GPU bit for bit against the standalone quantizer followed by the same kernel and config."""
-    _skip_cpu_on_gpu_box(device)
-    n, k = 200, 656  # ragged N and K (the last group is 16 wide)
-    g = torch.Generator().manual_seed(m * 7 + len(fmt))
-    w_q, w_s = R.quantize_weight(torch.randn(n, k, generator=g) * torch.exp(torch.randn(n, 1, generator=g)),
-                                 (128, 128), fmt)
-    x = _activation(m, k, "cpu", seed=m, nan_row=True).to(torch.bfloat16)
-    bias = torch.randn(n, generator=g)
-    x_q, x_s = R.quantize_act(x, 128, fmt)
-    ref = R.gemm_reference(x_q, x_s, w_q, w_s, (128, 128), torch.float32, bias)
-    x, w_q, w_s, bias = (t.to(device) for t in (x, w_q, w_s, bias))
-    out = triton_gemm.fp8_block_gemm_quant_act(x, w_q, w_s, (128, 128), torch.float32, bias, scale_fmt=fmt,
-                                               config=CONFIGS[cfg_name]).cpu()
-    rows = slice(None)
-    if device == "cpu" and m > 2:  # the interpreter decodes the FP8 NaN byte of the Inf row as a number: GPU only
-        rows = slice(0, m - 1)
-    assert torch.equal(torch.isnan(out)[rows], torch.isnan(ref)[rows]), "NaN rows must be exactly the reference's"
-    fin = ~torch.isnan(ref).any(dim=1)
-    assert fin.any()
-    diff = (out[fin] - ref[fin]).abs().max().item()
-    assert diff <= gemm_atol(ref[fin], torch.float32), f"fused quant cfg={cfg_name} fmt={fmt} M={m} diff={diff}"
-    if device == "cuda":
-        q, s = triton_quant.quantize_act(x, 128, fmt)
-        two = triton_gemm.fp8_block_gemm(q, s, w_q, w_s, (128, 128), torch.float32, bias, config=CONFIGS[cfg_name])
-        assert torch.equal(out.nan_to_num(7.0), two.cpu().nan_to_num(7.0)), "fused and two-step results differ"
-
-
-def test_gemm_quant_act_rejects_bad_input():
-    _, _, w_q, w_s = _gemm_case(3, 64, 256, "float32", "cpu", seed=1)
-    x = torch.randn(3, 256)
-    with pytest.raises(ValueError, match="K="):
-        triton_gemm.fp8_block_gemm_quant_act(x[:, :128], w_q, w_s)
-    with pytest.raises(ValueError, match="scale_fmt"):
-        triton_gemm.fp8_block_gemm_quant_act(x, w_q, w_s, scale_fmt="e8m0")
-    with pytest.raises(ValueError, match="dtype"):
-        triton_gemm.fp8_block_gemm_quant_act(x.to(torch.int32), w_q, w_s)
-    with pytest.raises(ValueError, match="pointer kernel"):
-        triton_gemm.fp8_block_gemm_quant_act(x, w_q, w_s, config=CONFIGS["tma_one_per_tile"])
-    with pytest.raises(ValueError, match="weight scale"):
-        triton_gemm.fp8_block_gemm_quant_act(x, w_q, w_s[:, :1])
-
-
-tl = triton.language
-
-
-@triton.jit
-def _round_e4m3_kernel(x_ptr, y_ptr, N: tl.constexpr):
-    r = tl.arange(0, N)
-    tl.store(y_ptr + r, _round_e4m3(tl.load(x_ptr + r)))
-
-
-def test_round_e4m3_matches_torch_cast():
-    """The interpreter-only rounding helper of the fused quantizer: every float32 that rounds to each E4M3 value
-    (ties included) lands where torch's cast puts it."""
-    _skip_cpu_on_gpu_box("cpu")
-    kern = _round_e4m3_kernel
-
-    fp8 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
-    fp8 = fp8[fp8.isfinite()].unique()
-    mids = (fp8[1:] + fp8[:-1]) / 2  # ties: round to even
-    near = torch.cat([fp8, mids, torch.nextafter(mids, fp8[1:]), torch.nextafter(mids, fp8[:-1]),
-                      torch.rand(4000) * 896 - 448, torch.tensor([float("nan")])])
-    size = 1 << (near.numel() - 1).bit_length()
-    x = torch.cat([near, torch.zeros(size - near.numel())])
-    y = torch.empty_like(x)
-    kern[(1,)](x, y, size)
-    want = x.to(torch.float8_e4m3fn).float()
-    assert torch.equal(y.nan_to_num(1e9), want.nan_to_num(1e9))
 
 
 def test_gemm_rejects_bad_input():

@@ -6,8 +6,6 @@ See ``triton_gemm`` for what they compute and how they are launched.
 import triton
 import triton.language as tl
 
-from blockfp8.kernels.triton._act_quant_kernels import group_quant, group_scale
-
 
 @triton.jit
 def _tile_ids(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
@@ -26,19 +24,6 @@ def _epilogue(acc, out_ptr, bias_ptr, rm, rn, M, N, stride_om, stride_on, HAS_BI
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     ptrs = out_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :] * stride_on
     tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _round_e4m3(q):
-    """``q`` (float32, |q| <= 448) rounded to nearest-even E4M3 in float32 arithmetic, so that the cast after it is
-    exact. Only for Triton's interpreter, whose float32 -> E4M3 cast is wrong where rounding carries into the
-    exponent (the GPU's cvt.rn.satfinite is right and skips this)."""
-    bits = q.to(tl.int32, bitcast=True)
-    lsb = (bits >> 20) & 1
-    normal = ((bits + 0x7FFFF + lsb) & ~0xFFFFF).to(tl.float32, bitcast=True)  # keep 3 mantissa bits
-    sub = (q + 24576.0) - 24576.0  # multiples of 2^-9 (E4M3's subnormal step): ulp(24576.0) = 2^-9
-    r = tl.where(tl.abs(q) < 0.015625, sub, normal)
-    return tl.where(q != q, q, r)
 
 
 @triton.jit
@@ -62,15 +47,11 @@ def _fp8_block_gemm_kernel(
     M, N, K,
     stride_am, stride_ak, stride_bn, stride_bk,
     stride_asm, stride_ask, stride_bsn, stride_bsk,
-    stride_om, stride_on, eps, fmax,
+    stride_om, stride_on,
     SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, QUANT_A: tl.constexpr, UE8M0: tl.constexpr,
-    INTERPRETED: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    # QUANT_A: ``a_ptr`` holds the unquantized activation (bf16/fp16/fp32) and each K block is quantized here, 1 x
-    # BLOCK_K per row, with the standalone quantizer's device functions (same FP8 bytes and scales); ``as_ptr`` is
-    # unused. One kernel per layer instead of two, at the cost of every N tile quantizing its rows again.
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -94,15 +75,7 @@ def _fp8_block_gemm_kernel(
         k_ok = (k0 + rk) < K
         a = tl.load(a_ptrs + k0 * stride_ak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(b_ptrs + k0 * stride_bk, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        if QUANT_A:
-            x = a.to(tl.float32)
-            sa = group_scale(x, eps, fmax, UE8M0)
-            q = group_quant(x, sa, fmax)
-            if INTERPRETED:
-                q = _round_e4m3(q)
-            a = q.to(b.dtype)
-        else:
-            sa = tl.load(as_ptrs + (k0 // SCALE_BK) * stride_ask, mask=m_ok, other=0.0)
+        sa = tl.load(as_ptrs + (k0 // SCALE_BK) * stride_ask, mask=m_ok, other=0.0)
         scale = _tile_scale(sa, bs_ptr, pid_n * BLOCK_N, N, k0 // SCALE_BK, stride_bsn, stride_bsk, SCALE_BN, BLOCK_N)
         acc += tl.dot(a, b) * scale
     if SPLIT_K == 1:

@@ -29,7 +29,7 @@ import functools
 import torch
 
 from blockfp8.kernels.triton import check_device
-from blockfp8.quant.reference import ACT_EPS, QuantError, cdiv, normalize_block_size
+from blockfp8.quant.reference import QuantError, cdiv, normalize_block_size
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -128,33 +128,24 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 def _check(x_q, x_scale, w_q, w_scale, block_size, out_dtype):
-    if x_q.dtype != torch.float8_e4m3fn:
-        raise QuantError(f"triton gemm: activation {x_q.dtype}: must be float8_e4m3fn")
-    if x_scale.dtype != torch.float32:
-        raise QuantError(f"triton gemm: activation scales {x_scale.dtype}: must be float32; unpack packed UE8M0 "
-                         "scales first")
-    _check_weight(x_q.shape[-1], w_q, w_scale, block_size, out_dtype)
-    if x_scale.shape[-1] != cdiv(x_q.shape[-1], block_size[1]):
-        raise QuantError(f"activation scale: {x_scale.shape[-1]} groups, expected {cdiv(x_q.shape[-1], block_size[1])}"
-                         f" (K={x_q.shape[-1]}, group {block_size[1]})")
-
-
-def _check_weight(k_act, w_q, w_scale, block_size, out_dtype):
-    if w_q.dtype != torch.float8_e4m3fn:
-        raise QuantError(f"triton gemm: weight {w_q.dtype}: must be float8_e4m3fn")
+    if x_q.dtype != torch.float8_e4m3fn or w_q.dtype != torch.float8_e4m3fn:
+        raise QuantError(f"triton gemm: activation {x_q.dtype} / weight {w_q.dtype}: both must be float8_e4m3fn")
     if w_q.dim() != 2:
         raise QuantError(f"weight: expected a 2-D [N, K] weight, got shape {tuple(w_q.shape)}")
-    if k_act != w_q.shape[1]:
-        raise QuantError(f"activation: K={k_act} does not match weight K={w_q.shape[1]}")
+    if x_q.shape[-1] != w_q.shape[1]:
+        raise QuantError(f"activation: K={x_q.shape[-1]} does not match weight K={w_q.shape[1]}")
     if out_dtype not in OUT_DTYPES:
         raise QuantError(f"out_dtype={out_dtype}: the triton gemm writes bfloat16, float16 or float32")
-    if w_scale.dtype != torch.float32:
-        raise QuantError(f"triton gemm: weight scales {w_scale.dtype}: must be float32")
+    if x_scale.dtype != torch.float32 or w_scale.dtype != torch.float32:
+        raise QuantError(f"triton gemm: scales must be float32 (activation {x_scale.dtype}, weight {w_scale.dtype});"
+                         " unpack packed UE8M0 scales first")
     bn, bk = block_size
     n, k = w_q.shape
     if tuple(w_scale.shape) != (cdiv(n, bn), cdiv(k, bk)):
         raise QuantError(f"weight scale: shape {tuple(w_scale.shape)}, expected {(cdiv(n, bn), cdiv(k, bk))} for "
                          f"weight [{n}, {k}] and block size {list(block_size)}")
+    if x_scale.shape[-1] != cdiv(k, bk):
+        raise QuantError(f"activation scale: {x_scale.shape[-1]} groups, expected {cdiv(k, bk)} (K={k}, group {bk})")
 
 
 def fp8_block_gemm(
@@ -218,80 +209,23 @@ def fp8_block_gemm(
             NUM_STAGES=cfg.get("num_stages", 4), N_SPLIT=n_split, num_warps=cfg.get("num_warps", 8), **extra,
         )
         return out.reshape(*lead, n)
-    _launch_ptr(a, a_s, w_q, w_scale, out, bias, cfg, (bn, bk), None)
-    return out.reshape(*lead, n)
-
-
-def _launch_ptr(a, a_s, w_q, w_scale, out, bias, cfg, block_size, quant_fmt):
-    """The pointer kernel on ``a [M, K]``: FP8 with scales ``a_s``, or (``quant_fmt`` = "float32" / "ue8m0") the
-    unquantized activation, quantized in the kernel (``a_s`` unused)."""
-    bn, bk = block_size
-    m, k = a.shape
-    n = w_q.shape[0]
-    bm, bnt, bk_tile = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    bm, bnt = cfg["BLOCK_M"], cfg["BLOCK_N"]
     split = max(1, min(int(cfg.get("SPLIT_K", 1)), cdiv(k, bk_tile)))
     while split > 1 and split * m * n >= 2**31:
         split //= 2
     tiles = cdiv(m, bm) * cdiv(n, bnt)
     if split > 1:
-        ws = torch.empty((split, m, n), dtype=torch.float32, device=a.device)
-        cnt = _counters(a.device, tiles)
+        ws = torch.empty((split, m, n), dtype=torch.float32, device=x_q.device)
+        cnt = _counters(x_q.device, tiles)
     else:
         ws, cnt = out, out
-    _kernels()["ptr"][(tiles, split)](
-        a, w_q, a_s, w_scale, out, bias if bias is not None else out, ws, cnt, m, n, k,
+    kernels["ptr"][(tiles, split)](
+        a, w_q, a_s, w_scale, out, bias_arg, ws, cnt, m, n, k,
         a.stride(0), a.stride(1), w_q.stride(0), w_q.stride(1),
         a_s.stride(0), a_s.stride(1), w_scale.stride(0), w_scale.stride(1),
-        out.stride(0), out.stride(1), ACT_EPS, float(torch.finfo(w_q.dtype).max),
+        out.stride(0), out.stride(1),
         SCALE_BN=bn, SCALE_BK=bk, HAS_BIAS=bias is not None,
         BLOCK_M=bm, BLOCK_N=bnt, BLOCK_K=bk_tile, SPLIT_K=split, GROUP_M=cfg.get("GROUP_M", 8),
-        QUANT_A=quant_fmt is not None, UE8M0=quant_fmt == "ue8m0", INTERPRETED=not a.is_cuda,
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3),
     )
-
-
-def fp8_block_gemm_quant_act(
-    x: torch.Tensor,
-    w_q: torch.Tensor,
-    w_scale: torch.Tensor,
-    block_size=(128, 128),
-    out_dtype: torch.dtype = torch.bfloat16,
-    bias: torch.Tensor | None = None,
-    *,
-    scale_fmt: str = "float32",
-    config: dict | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``quantize_act(x, bk, scale_fmt)`` then :func:`fp8_block_gemm`, in one launch of the pointer kernel: each
-    program quantizes the 1 x bk groups of its rows it multiplies (the same FP8 bytes and scales as the standalone
-    quantizer). For small M, where the second launch costs more than the repeated quantization; ``config`` must
-    be a pointer-kernel config (``kernel: ptr``) with ``BLOCK_K`` equal to the group size."""
-    bn, bk = normalize_block_size(block_size)
-    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        raise QuantError(f"activation: dtype {x.dtype}; the fused quantizer takes bf16, fp16 or fp32")
-    if scale_fmt not in ("float32", "ue8m0"):
-        raise QuantError(f"scale_fmt={scale_fmt!r}: 'float32' or 'ue8m0'")
-    _check_weight(x.shape[-1], w_q, w_scale, (bn, bk), out_dtype)
-    n, k = w_q.shape
-    *lead, _ = x.shape
-    a = x.reshape(-1, k)
-    if a.stride(1) != 1:
-        a = a.contiguous()
-    m = a.shape[0]
-    if out is None:
-        out = torch.empty((m, n), dtype=out_dtype, device=x.device)
-    if m == 0 or n == 0:
-        return out.reshape(*lead, n)
-    if k == 0:
-        out.zero_()
-        if bias is not None:
-            out += bias.to(out_dtype)
-        return out.reshape(*lead, n)
-    check_device(x.device)
-    cfg = dict(config if config is not None else _default_config(m, n, k, num_sms(x.device.index) if x.is_cuda
-                                                                 else 132, x.is_cuda))
-    if cfg.get("kernel", "ptr") != "ptr" or cfg["BLOCK_K"] != bk:
-        raise QuantError(f"config {cfg}: the fused quantizer runs the pointer kernel with BLOCK_K = {bk}")
-    _launch_ptr(a, w_scale, w_q, w_scale, out, bias, cfg, (bn, bk), scale_fmt)  # a_s: unused, any float32
     return out.reshape(*lead, n)
-
