@@ -1,5 +1,6 @@
 """Probe GEMM-only kernel options on one GPU before building them into blockfp8 (the numbers behind the choices in
-docs/kernels.md, "Kernel probes"). Writes one CSV row per (part, shape, M, variant); prints a short table.
+docs/kernels.md, "Prefill without DeepGEMM" and the H200 sections). Writes one CSV row per (part, shape, M,
+variant); prints a short table.
 
 Parts:
 * ``prefill``: Triton block-FP8 configs (the tuner's candidates plus occupancy-oriented ones) against torch's

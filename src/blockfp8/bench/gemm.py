@@ -104,7 +104,7 @@ def candidate_configs(m: int) -> list[dict]:
             cfgs.append({**base, "BLOCK_M": bm, "BLOCK_N": bn, "SPLIT_K": 1, "num_warps": 8, "num_stages": st})
     tma = {"kernel": "tma", "BLOCK_K": 128, "SPLIT_K": 1, "GROUP_M": 8}
     # (tile, warps, stages, programs per SM (0: one per tile), register cap, N_SPLIT): several small programs per
-    # SM overlap one's promotion with another's MMAs (docs/kernels.md, "Kernel probes").
+    # SM overlap one's promotion with another's MMAs (docs/kernels.md, "Prefill without DeepGEMM").
     rows = [(64, 128, 4, 3, 3, 168, 1), (64, 128, 4, 4, 2, 0, 1), (64, 128, 4, 4, 0, 0, 1), (128, 64, 4, 4, 2, 0, 1),
             (128, 64, 4, 3, 3, 168, 1), (128, 128, 8, 4, 1, 0, 1)]
     if m > 256:

@@ -71,7 +71,8 @@ def default_config(m: int, n: int, k: int, sms: int = 132, cuda: bool = True) ->
     return dict(PREFILL_CONFIG)
 
 
-# The best TMA config of the H200 prefill probe (docs/kernels.md, "Kernel probes"): three 64x128 programs per SM.
+# The best TMA config of the H200 prefill probe (docs/kernels.md, "Prefill without DeepGEMM"): three 64x128
+# programs per SM.
 PREFILL_CONFIG = {"kernel": "tma", "BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 1, "GROUP_M": 8,
                   "num_warps": 4, "num_stages": 3, "persistent": True, "occupancy": 3, "maxnreg": 168}
 
