@@ -16,7 +16,8 @@ is per token, so the padding changes no real position's numbers.
 
 Usage: PYTHONPATH=src python benchmarks/plan_layer_types.py [--items 5153] [--device cuda]
            [--groups all|none|k_proj,q_proj,...] [--deadline S]
-           [--report NAME=REPORT.json|LAYERS.json ...] [--jitter-seeds S,..] [--exact-max-seeds S,..] [--json out.json]
+           [--report NAME=REPORT.json|LAYERS.json ...] [--jitter-seeds S,..] [--exact-max-seeds S,..]
+           [--split-formats] [--json out.json]
        PYTHONPATH=src python benchmarks/plan_layer_types.py --correlate out1.json out2.json ...
 """
 
@@ -94,6 +95,9 @@ def main() -> None:
     p.add_argument("--exact-max-seeds", default="", help="comma list of seeds: the same with each block's scale "
                    "amax / 416 or amax / 448 at random (variants float32^S, down_proj^S): every block's largest "
                    "value stays exact, as with float32 scales, the others are rounded anew")
+    p.add_argument("--split-formats", action="store_true", help="for every scored group G also G~w32 (its weights on "
+                   "float32 scales, its activations on UE8M0) and G~a32 (weights UE8M0, activations float32), the "
+                   "rest UE8M0: which side of a group's format moves the task")
     p.add_argument("--json")
     p.add_argument("--correlate", nargs="+", metavar="JSON", help="score nothing: across the variants of these "
                    "--json outputs (one row per variant name), how the KL shares correlate with d log p")
@@ -133,6 +137,16 @@ def main() -> None:
                 if name in variants:
                     variants[f"{name}{mark}{seed}"] = variants[name]
                     jitter[f"{name}{mark}{seed}"] = weights
+    # Mixed keys for the simulator's swap: the activation format is the key's prefix, the weights are the list
+    # stored under the key (the other format's quantized weights).
+    mixed = {"w32": "ue8m0@float32-weights", "a32": "float32@ue8m0-weights"}
+    sim.weights[mixed["w32"]], sim.weights[mixed["a32"]] = sim.weights["float32"], sim.weights["ue8m0"]
+    split = {}  # variant -> (its group's layers, which side of them is on float32 scales)
+    if args.split_formats:
+        for g in groups:
+            for side in mixed:
+                split[f"{g}~{side}"] = (variants[g], side)
+                variants[f"{g}~{side}"] = variants[g]
     size = {n: m.weight.numel() for n, m in sim.modules}  # GEMM FLOPs per token are 2 N K for every layer
 
     def flop_share(layers) -> float:
@@ -142,8 +156,14 @@ def main() -> None:
     def context(name):
         layers, saved = variants[name], sim.weights["float32"]
         sim.weights["float32"] = jitter.get(name, saved)  # read when the context is entered
+        if name in split:
+            side = split[name][1]
+            # the simulator's per-layer swap with the mixed keys (its public contexts give each layer one format)
+            ctx = sim._swapped([mixed[side] if n in layers else "ue8m0" for n, _ in sim.modules])
+        else:
+            ctx = sim.active("float32") if layers is None else sim.active_plan(layers)
         try:
-            with sim.active("float32") if layers is None else sim.active_plan(layers):
+            with ctx:
                 sim.weights["float32"] = saved
                 yield
         finally:
