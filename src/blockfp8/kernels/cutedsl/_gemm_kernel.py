@@ -1,0 +1,271 @@
+"""The Hopper (SM90) block-FP8 GEMM, written in CuTe DSL: ``out = x @ w.T`` with 1x128 activation and 128x128
+weight scales, promoted into a float32 accumulator once per 128-wide K block.
+
+Why this kernel exists next to the Triton one: Triton's Hopper code waits for each K block's tensor-core group
+before it promotes, and the loads come from the same warps. Here one warp group only issues TMA loads and two
+warp groups only multiply, so the loads never sit between MMAs (warp specialisation, which Triton 3.6 does not give
+on SM90).
+
+Layout of one CTA (384 threads):
+- warp group 0: one warp issues the TMA loads of an A tile (128 x 128) and a B tile (``tile_n`` x 128) per K block
+  into a ring of shared-memory stages;
+- warp groups 1 and 2: 64 rows each. Per K block: four ``wgmma`` (K = 32 each) into a scratch accumulator, wait,
+  then ``acc += scratch * (a_scale[row] * b_scale)``, the same float32 product the reference takes. The next K
+  block's scales are loaded while this block's MMAs run.
+- the epilogue converts to the output dtype, goes through shared memory and leaves with TMA stores, which clip
+  rows past M and columns past N.
+Tiles are scheduled persistently (one CTA per SM, a static round-robin over output tiles).
+
+Operands: ``a [M, K]`` and ``b [N, K]`` FP8 (K contiguous), ``sa [M, ceil(K/128)]`` and
+``sb [ceil(N/128), ceil(K/128)]`` float32, both row-major; ``d [M, N]`` 16-bit. TMA needs 16-byte row strides, so
+K % 16 == 0 and N % 8 == 0 (the launcher checks). Ragged edges: TMA fills rows/columns past M, N, K with zeros, and
+scale rows past M are clamped to M - 1 (their products are never stored).
+"""
+
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils as utils
+import cutlass.utils.hopper_helpers as sm90
+from cutlass.cute.nvgpu import cpasync, warpgroup
+
+SCALE_BLOCK = 128  # one scale per 128 K (and per 128 weight rows): the tile's K depth is one scale block
+MMA_K = 32  # FP8 wgmma depth
+THREADS_PER_WG = 128
+SMEM_BYTES = 232448  # sm_90 opt-in shared memory per block
+
+
+class BlockScaledGemmSm90:
+    """A compiled-once kernel object; M, N and K stay dynamic."""
+
+    def __init__(self, tile_n: int = 128, epi_stages: int = 4):
+        if tile_n not in (64, 128):
+            raise ValueError(f"tile_n={tile_n}: a tile must lie inside one 128-row weight-scale block (64 or 128)")
+        self.tile = (128, tile_n, SCALE_BLOCK)
+        self.epi_stages = epi_stages
+        self.mma_wgs = 2
+        self.threads = (1 + self.mma_wgs) * THREADS_PER_WG
+        self.epi_tile = (128, 32)
+        ab_bytes = (self.tile[0] + self.tile[1]) * self.tile[2]
+        epi_bytes = self.epi_tile[0] * self.epi_tile[1] * 2 * epi_stages
+        self.stages = min(8, (SMEM_BYTES - 2048 - epi_bytes) // ab_bytes)
+        self.epi_barrier = pipeline.NamedBarrier(barrier_id=1, num_threads=self.mma_wgs * THREADS_PER_WG)
+
+    @cute.jit
+    def __call__(self, a_ptr: cute.Pointer, b_ptr: cute.Pointer, sa_ptr: cute.Pointer, sb_ptr: cute.Pointer,
+                 d_ptr: cute.Pointer, m: cutlass.Int32, n: cutlass.Int32, k: cutlass.Int32,
+                 max_ctas: cutlass.Constexpr, stream):
+        # Plain pointers and sizes keep the host call cheap; TMA needs 16-byte row strides, so K and N are
+        # declared divisible (the launcher checks).
+        k = cute.assume(k, divby=16)
+        n = cute.assume(n, divby=8)
+        kb = (k + SCALE_BLOCK - 1) // SCALE_BLOCK
+        nb = (n + SCALE_BLOCK - 1) // SCALE_BLOCK
+        a = cute.make_tensor(a_ptr, cute.make_layout((m, k, 1), stride=(k, 1, m * k)))
+        b = cute.make_tensor(b_ptr, cute.make_layout((n, k, 1), stride=(k, 1, n * k)))
+        d = cute.make_tensor(d_ptr, cute.make_layout((m, n, 1), stride=(n, 1, m * n)))
+        sa = cute.make_tensor(sa_ptr, cute.make_layout((m, kb), stride=(kb, 1)))
+        sb = cute.make_tensor(sb_ptr, cute.make_layout((nb, kb), stride=(kb, 1)))
+        self._launch(a, b, sa, sb, d, max_ctas, stream)
+
+    @cute.jit
+    def _launch(self, a: cute.Tensor, b: cute.Tensor, sa: cute.Tensor, sb: cute.Tensor, d: cute.Tensor,
+                max_ctas: cutlass.Constexpr, stream):
+        self.ab_dtype = a.element_type
+        self.d_dtype = d.element_type
+        a_layout = utils.LayoutEnum.from_tensor(a)
+        b_layout = utils.LayoutEnum.from_tensor(b)
+        self.d_layout = utils.LayoutEnum.from_tensor(d)
+
+        tiled_mma = sm90.make_trivial_tiled_mma(self.ab_dtype, self.ab_dtype, a_layout.sm90_mma_major_mode(),
+                                                b_layout.sm90_mma_major_mode(), cutlass.Float32,
+                                                (self.mma_wgs, 1, 1), tiler_mn=(64, self.tile[1]))
+        a_smem = sm90.make_smem_layout_a(a_layout, self.tile, self.ab_dtype, self.stages)
+        b_smem = sm90.make_smem_layout_b(b_layout, self.tile, self.ab_dtype, self.stages)
+        d_smem = sm90.make_smem_layout_epi(self.d_dtype, self.d_layout, self.epi_tile, self.epi_stages)
+
+        tma_a, gA = cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileG2SOp(), a,
+                                                cute.slice_(a_smem, (None, None, 0)), (self.tile[0], self.tile[2]))
+        tma_b, gB = cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileG2SOp(), b,
+                                                cute.slice_(b_smem, (None, None, 0)), (self.tile[1], self.tile[2]))
+        tma_d, gD = cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileS2GOp(), d,
+                                                cute.slice_(d_smem, (None, None, 0)), self.epi_tile)
+
+        tiles_mnl = cute.zipped_divide(d, tiler=self.tile[:2])[(0, (None, None, None))].shape
+        sched = utils.PersistentTileSchedulerParams(tiles_mnl, (1, 1, 1), 1, True)
+        grid = utils.StaticPersistentTileScheduler.get_grid_shape(sched, max_ctas)
+
+        @cute.struct
+        class Storage:
+            barriers: cute.struct.MemRange[cutlass.Int64, self.stages * 2]
+            sA: cute.struct.Align[cute.struct.MemRange[self.ab_dtype, cute.cosize(a_smem)], 1024]
+            sB: cute.struct.Align[cute.struct.MemRange[self.ab_dtype, cute.cosize(b_smem)], 1024]
+            sD: cute.struct.Align[cute.struct.MemRange[self.d_dtype, cute.cosize(d_smem)], 1024]
+
+        self.storage = Storage
+        self.kernel(tma_a, gA, tma_b, gB, tma_d, gD, sa, sb, tiled_mma, a_smem, b_smem, d_smem, sched).launch(
+            grid=grid, block=[self.threads, 1, 1], cluster=(1, 1, 1), stream=stream)
+
+    @cute.kernel
+    def kernel(self, tma_a: cute.CopyAtom, mA: cute.Tensor, tma_b: cute.CopyAtom, mB: cute.Tensor,
+               tma_d: cute.CopyAtom, mD: cute.Tensor, mSA: cute.Tensor, mSB: cute.Tensor, tiled_mma: cute.TiledMma,
+               a_smem: cute.ComposedLayout, b_smem: cute.ComposedLayout, d_smem: cute.ComposedLayout,
+               sched: utils.PersistentTileSchedulerParams):
+        tidx, _, _ = cute.arch.thread_idx()
+        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        wg = cute.arch.make_warp_uniform(tidx // THREADS_PER_WG)
+        if warp == 0:
+            cpasync.prefetch_descriptor(tma_a)
+            cpasync.prefetch_descriptor(tma_b)
+            cpasync.prefetch_descriptor(tma_d)
+
+        smem = utils.SmemAllocator()
+        storage = smem.allocate(self.storage)
+        stage_bytes = cute.size_in_bytes(self.ab_dtype, cute.slice_(a_smem, (None, None, 0))) + cute.size_in_bytes(
+            self.ab_dtype, cute.slice_(b_smem, (None, None, 0)))
+        ring = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.barriers.data_ptr(), num_stages=self.stages,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.mma_wgs * 4),
+            tx_count=stage_bytes, cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)))
+
+        sA = storage.sA.get_tensor(a_smem.outer, swizzle=a_smem.inner)
+        sB = storage.sB.get_tensor(b_smem.outer, swizzle=b_smem.inner)
+        sD = storage.sD.get_tensor(d_smem.outer, swizzle=d_smem.inner)
+
+        # (tile, tile, tiles_m/n, tiles_k, L) views of the global operands
+        gA = cute.local_tile(mA, cute.slice_(self.tile, (None, 0, None)), (None, None, None))
+        gB = cute.local_tile(mB, cute.slice_(self.tile, (0, None, None)), (None, None, None))
+        gD = cute.local_tile(mD, cute.slice_(self.tile, (None, None, 0)), (None, None, None))
+        tAsA, tAgA = cpasync.tma_partition(tma_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2),
+                                           cute.group_modes(gA, 0, 2))
+        tBsB, tBgB = cpasync.tma_partition(tma_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2),
+                                           cute.group_modes(gB, 0, 2))
+        k_tiles = cute.size(gA, mode=[3])
+
+        cute.arch.sync_threads()  # barriers initialised before anyone waits on them
+
+        if wg == 0:
+            cute.arch.setmaxregister_decrease(40)
+        if warp == 0:
+            self._produce(ring, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB, k_tiles, sched)
+        if wg > 0:
+            cute.arch.setmaxregister_increase(232)
+            self._consume(ring, tiled_mma, sA, sB, sD, gD, mSA, mSB, tma_d, k_tiles, sched, tidx - THREADS_PER_WG,
+                          warp)
+
+    @cute.jit
+    def _produce(self, ring, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB, k_tiles, sched):
+        tiles = utils.StaticPersistentTileScheduler.create(sched, cute.arch.block_idx(), cute.arch.grid_dim())
+        work = tiles.initial_work_tile_info()
+        state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
+        while work.is_valid_tile:
+            m, n, l = work.tile_idx
+            src_a = tAgA[(None, m, None, l)]
+            src_b = tBgB[(None, n, None, l)]
+            for kt in range(k_tiles):
+                ring.producer_acquire(state)
+                bar = ring.producer_get_barrier(state)
+                cute.copy(tma_a, src_a[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar)
+                cute.copy(tma_b, src_b[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar)
+                ring.producer_commit(state)
+                state.advance()
+            tiles.advance_to_next_work()
+            work = tiles.get_current_work()
+        ring.producer_tail(state)
+
+    @cute.jit
+    def _consume(self, ring, tiled_mma, sA, sB, sD, gD, mSA, mSB, tma_d, k_tiles, sched, ctid, warp):
+        thr = tiled_mma.get_slice(ctid)
+        frag_a = tiled_mma.make_fragment_A(thr.partition_A(sA))
+        frag_b = tiled_mma.make_fragment_B(thr.partition_B(sB))
+        acc_shape = thr.partition_C(gD).shape[:3]
+        acc = cute.make_rmem_tensor(acc_shape, cutlass.Float32)
+        part = cute.make_rmem_tensor(acc_shape, cutlass.Float32)
+        k_blocks = cute.size(frag_a, mode=[2])
+
+        # Which of this thread's two accumulator rows each value belongs to. The fragment layout is affine in the
+        # thread index, so thread 0's (static) coordinates give every thread's row offsets.
+        ident = cute.make_identity_tensor(self.tile[:2])
+        my_coords = thr.partition_C(ident)
+        coords0 = tiled_mma.get_slice(0).partition_C(ident)
+        row_offs = [coords0[i][0] - coords0[0][0] for i in range(cute.size(coords0))]
+        distinct = sorted(set(row_offs))
+        which = [distinct.index(o) for o in row_offs]
+        my_row = my_coords[0][0]
+        m_rows = mSA.shape[0]
+
+        # Epilogue: registers -> shared (stmatrix) -> global (TMA store), one (128 x 32) subtile at a time.
+        store_atom = sm90.get_smem_store_op(self.d_layout, self.d_dtype, cutlass.Float32)
+        st_tiled = cute.make_tiled_copy_C_atom(
+            cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(self.d_layout.is_m_major_c(), 4), self.d_dtype),
+            tiled_mma)
+        r2s = cute.make_tiled_copy_S(store_atom, st_tiled)
+        thr_r2s = r2s.get_slice(ctid)
+        tRS_sD = thr_r2s.partition_D(sD)
+        tRS_acc = r2s.retile(acc)
+        rD_shape = cute.shape(thr_r2s.partition_S(sD))[:3]
+        rD = cute.make_rmem_tensor(rD_shape, cutlass.Float32)
+        rD_out = cute.make_rmem_tensor(rD_shape, self.d_dtype)
+        per_sub = cute.size(rD)
+        store_ring = pipeline.PipelineTmaStore.create(
+            num_stages=self.epi_stages,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.mma_wgs * THREADS_PER_WG))
+
+        tiles = utils.StaticPersistentTileScheduler.create(sched, cute.arch.block_idx(), cute.arch.grid_dim())
+        work = tiles.initial_work_tile_info()
+        state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+        while work.is_valid_tile:
+            m, n, l = work.tile_idx
+            row0 = m * self.tile[0] + my_row
+            rows = [cutlass.min(row0 + o, m_rows - 1) for o in distinct]
+            nb = n * self.tile[1] // SCALE_BLOCK
+            acc.fill(0.0)
+            next_sa = [mSA[r, 0] for r in rows]
+            next_sb = mSB[nb, 0]
+            for kt in range(k_tiles):
+                cur_sa = next_sa
+                cur_sb = next_sb
+                ring.consumer_wait(state)
+                warpgroup.fence()
+                tiled_mma.set(warpgroup.Field.ACCUMULATE, False)
+                for kb in cutlass.range_constexpr(k_blocks):
+                    coord = (None, None, kb, state.index)
+                    cute.gemm(tiled_mma, part, frag_a[coord], frag_b[coord], part)
+                    tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
+                warpgroup.commit_group()
+                k_next = cutlass.min(kt + 1, k_tiles - 1)
+                next_sa = [mSA[r, k_next] for r in rows]
+                next_sb = mSB[nb, k_next]
+                warpgroup.wait_group(0)
+                ring.consumer_release(state)
+                state.advance()
+                factors = [s * cur_sb for s in cur_sa]
+                for i in cutlass.range_constexpr(cute.size(acc)):
+                    acc[i] = acc[i] + part[i] * factors[which[i]]
+
+            sub_tiles = cute.zipped_divide(gD[(None, None, m, n, l)], self.epi_tile)
+            bSG_sD, bSG_gD = cpasync.tma_partition(tma_d, 0, cute.make_layout(1), cute.group_modes(sD, 0, 2),
+                                                   sub_tiles)
+            n_sub = cute.size(sub_tiles, mode=[1])
+            sub_shape = sub_tiles.shape[1]
+            sub_order = cute.make_layout(sub_shape, stride=(sub_shape[1], 1))
+            done = tiles.num_tiles_executed * n_sub
+            for s in cutlass.range_constexpr(n_sub):
+                for v in cutlass.range_constexpr(per_sub):
+                    rD[v] = tRS_acc[s * per_sub + v]
+                rD_out.store(rD.load().to(self.d_dtype))
+                buf = (done + s) % self.epi_stages
+                cute.copy(r2s, rD_out, tRS_sD[(None, None, None, buf)])
+                cute.arch.fence_proxy("async.shared", space="cta")
+                self.epi_barrier.arrive_and_wait()
+                if warp == 4:  # the first consumer warp issues the store
+                    cute.copy(tma_d, bSG_sD[(None, buf)], bSG_gD[(None, sub_order.get_hier_coord(s))])
+                    store_ring.producer_commit()
+                    store_ring.producer_acquire()
+                self.epi_barrier.arrive_and_wait()
+            tiles.advance_to_next_work()
+            work = tiles.get_current_work()
+        store_ring.producer_tail()

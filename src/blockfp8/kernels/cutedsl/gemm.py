@@ -1,0 +1,119 @@
+"""Launcher of the CuTe DSL Hopper block-FP8 GEMM (``_gemm_kernel``): checks, one compile per configuration,
+and a call that passes raw pointers so the host side stays cheap.
+
+``out[M, N] = (x_q * x_scale) @ (w_q * w_scale).T (+ bias)`` for ``x_q [M, K]`` and ``w_q [N, K]``
+``float8_e4m3fn`` (K contiguous), row-major float32 scales ``x_scale [M, ceil(K/128)]`` and
+``w_scale [ceil(N/128), ceil(K/128)]``, bf16 or fp16 output. Needs SM90 (the kernel is built for ``sm_90a``),
+K % 16 == 0 and N % 8 == 0 (TMA row strides); M, N, K may be ragged otherwise. A bias is added after the GEMM
+(one more kernel: block-FP8 checkpoints rarely have one).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from blockfp8.quant.reference import QuantError, cdiv
+
+OUT_DTYPES = (torch.bfloat16, torch.float16)
+TILE_NS = (64, 128)
+K_ALIGN = 16  # TMA: 16-byte row strides of the FP8 operands
+N_ALIGN = 8  # and of the 16-bit output
+
+
+def unsupported(x_q: torch.Tensor, w_q: torch.Tensor, out_dtype: torch.dtype) -> str | None:
+    """Why this kernel cannot run the problem, or None: the one place the launcher and the backend check."""
+    n, k = w_q.shape
+    if k % K_ALIGN:
+        return f"K={k} is not a multiple of {K_ALIGN} (TMA row stride)"
+    if n % N_ALIGN:
+        return f"N={n} is not a multiple of {N_ALIGN} (TMA row stride of the output)"
+    if out_dtype not in OUT_DTYPES:
+        return f"output dtype {out_dtype} is not bfloat16 or float16"
+    if w_q.dtype != torch.float8_e4m3fn:
+        return f"fp8 dtype {w_q.dtype} is not float8_e4m3fn"
+    return None
+
+
+def fp8_block_gemm(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+                   out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None,
+                   tile_n: int = 128) -> torch.Tensor:
+    _check_inputs(x_q, x_scale, w_q, w_scale, out_dtype, bias, tile_n)
+    m, n = x_q.shape[0], w_q.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype, device=x_q.device)
+    if m == 0:
+        return out
+    kernel = _compiled(tile_n, out_dtype, x_q.device.index if x_q.device.index is not None
+                       else torch.cuda.current_device())
+    kernel(*_pointers(x_q, w_q, x_scale, w_scale, out), m, n, x_q.shape[1], _stream(x_q.device))
+    if bias is not None:
+        out += bias
+    return out
+
+
+def _check_inputs(x_q, x_scale, w_q, w_scale, out_dtype, bias, tile_n) -> None:
+    if x_q.dim() != 2 or w_q.dim() != 2 or x_q.shape[1] != w_q.shape[1]:
+        raise QuantError(f"cute gemm: expected x [M, K] and w [N, K], got {tuple(x_q.shape)} and {tuple(w_q.shape)}")
+    why = unsupported(x_q, w_q, out_dtype)
+    if why:
+        raise QuantError(f"cute gemm: {why}")
+    (m, k), n = x_q.shape, w_q.shape[0]
+    if x_q.dtype != w_q.dtype:
+        raise QuantError(f"cute gemm: x_q is {x_q.dtype}, w_q is {w_q.dtype}")
+    if x_q.device.type != "cuda" or any(t.device != x_q.device for t in (x_scale, w_q, w_scale)):
+        raise QuantError("cute gemm: every operand must be on the same CUDA device")
+    want = {"x_scale": (x_scale, (m, cdiv(k, 128))), "w_scale": (w_scale, (cdiv(n, 128), cdiv(k, 128)))}
+    for name, (t, shape) in want.items():
+        if t.dtype != torch.float32 or tuple(t.shape) != shape or not t.is_contiguous():
+            raise QuantError(f"cute gemm: {name} must be a contiguous float32 {list(shape)} tensor, got "
+                             f"{t.dtype} {list(t.shape)} strides {list(t.stride())}")
+    for name, t in (("x_q", x_q), ("w_q", w_q)):
+        if not t.is_contiguous() or t.data_ptr() % 16:
+            raise QuantError(f"cute gemm: {name} must be contiguous and 16-byte aligned")
+    if tile_n not in TILE_NS:
+        raise QuantError(f"cute gemm: tile_n={tile_n}; valid: {', '.join(map(str, TILE_NS))}")
+    if bias is not None and (bias.shape != (n,) or bias.device != x_q.device):
+        raise QuantError(f"cute gemm: bias must be [{n}] on {x_q.device}, got {list(bias.shape)} on {bias.device}")
+
+
+def _stream(device: torch.device):
+    from cuda.bindings import driver
+
+    return driver.CUstream(torch.cuda.current_stream(device).cuda_stream)
+
+
+def _pointers(x_q, w_q, x_scale, w_scale, out):
+    import cutlass
+    from cutlass.cute.runtime import make_ptr
+
+    gmem = cutlass.cute.AddressSpace.gmem
+    out_ty = cutlass.BFloat16 if out.dtype == torch.bfloat16 else cutlass.Float16
+    return (make_ptr(cutlass.Float8E4M3FN, x_q.data_ptr(), gmem, assumed_align=16),
+            make_ptr(cutlass.Float8E4M3FN, w_q.data_ptr(), gmem, assumed_align=16),
+            make_ptr(cutlass.Float32, x_scale.data_ptr(), gmem, assumed_align=4),
+            make_ptr(cutlass.Float32, w_scale.data_ptr(), gmem, assumed_align=4),
+            make_ptr(out_ty, out.data_ptr(), gmem, assumed_align=16))
+
+
+@functools.cache
+def _compiled(tile_n: int, out_dtype: torch.dtype, device_index: int):
+    """Compile once per (tile, output dtype, device): sizes are runtime arguments, so every M, N, K reuses it."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_fake_stream, make_ptr
+
+    from blockfp8.kernels.cutedsl._gemm_kernel import BlockScaledGemmSm90
+
+    major, minor = torch.cuda.get_device_capability(device_index)
+    if (major, minor) != (9, 0):
+        raise QuantError(f"cute gemm: built for sm_90a, this GPU is sm_{major}{minor}")
+    os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+    gmem = cute.AddressSpace.gmem
+    fp8 = make_ptr(cutlass.Float8E4M3FN, 16, gmem, assumed_align=16)
+    f32 = make_ptr(cutlass.Float32, 16, gmem, assumed_align=4)
+    out = make_ptr(cutlass.BFloat16 if out_dtype == torch.bfloat16 else cutlass.Float16, 16, gmem, assumed_align=16)
+    sms = torch.cuda.get_device_properties(device_index).multi_processor_count
+    one = cutlass.Int32(1)
+    return cute.compile(BlockScaledGemmSm90(tile_n), fp8, fp8, f32, f32, out, one, one, one, sms, make_fake_stream())
