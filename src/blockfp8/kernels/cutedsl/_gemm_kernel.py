@@ -54,20 +54,15 @@ class BlockScaledGemmSm90:
         self.epi_barrier = pipeline.NamedBarrier(barrier_id=1, num_threads=self.mma_wgs * THREADS_PER_WG)
 
     @cute.jit
-    def __call__(self, a_ptr: cute.Pointer, b_ptr: cute.Pointer, sa_ptr: cute.Pointer, sb_ptr: cute.Pointer,
-                 d_ptr: cute.Pointer, m: cutlass.Int32, n: cutlass.Int32, k: cutlass.Int32,
+    def __call__(self, a: cute.Tensor, b: cute.Tensor, sa: cute.Tensor, sb: cute.Tensor, d: cute.Tensor,
                  max_ctas: cutlass.Constexpr, stream):
-        # Plain pointers and sizes keep the host call cheap; TMA needs 16-byte row strides, so K and N are
-        # declared divisible (the launcher checks).
-        k = cute.assume(k, divby=16)
-        n = cute.assume(n, divby=8)
-        kb = (k + SCALE_BLOCK - 1) // SCALE_BLOCK
-        nb = (n + SCALE_BLOCK - 1) // SCALE_BLOCK
-        a = cute.make_tensor(a_ptr, cute.make_layout((m, k, 1), stride=(k, 1, m * k)))
-        b = cute.make_tensor(b_ptr, cute.make_layout((n, k, 1), stride=(k, 1, n * k)))
-        d = cute.make_tensor(d_ptr, cute.make_layout((m, n, 1), stride=(n, 1, m * n)))
-        sa = cute.make_tensor(sa_ptr, cute.make_layout((m, kb), stride=(kb, 1)))
-        sb = cute.make_tensor(sb_ptr, cute.make_layout((nb, kb), stride=(kb, 1)))
+        # a, b arrive as uint8 (DLPack has no FP8 everywhere): the same bytes, read as e4m3.
+        m, k = a.shape
+        n = b.shape[0]
+        fp8 = cutlass.Float8E4M3FN
+        a = cute.make_tensor(cute.recast_ptr(a.iterator, dtype=fp8), cute.make_layout((m, k, 1), stride=(k, 1, m * k)))
+        b = cute.make_tensor(cute.recast_ptr(b.iterator, dtype=fp8), cute.make_layout((n, k, 1), stride=(k, 1, n * k)))
+        d = cute.make_tensor(d.iterator, cute.make_layout((m, n, 1), stride=(n, 1, m * n)))
         self._launch(a, b, sa, sb, d, max_ctas, stream)
 
     @cute.jit
@@ -183,7 +178,8 @@ class BlockScaledGemmSm90:
         frag_b = tiled_mma.make_fragment_B(thr.partition_B(sB))
         acc_shape = thr.partition_C(gD).shape[:3]
         acc = cute.make_rmem_tensor(acc_shape, cutlass.Float32)
-        part = cute.make_rmem_tensor(acc_shape, cutlass.Float32)
+        part0 = cute.make_rmem_tensor(acc_shape, cutlass.Float32)
+        part1 = cute.make_rmem_tensor(acc_shape, cutlass.Float32)
         k_blocks = cute.size(frag_a, mode=[2])
 
         # Which of this thread's two accumulator rows each value belongs to. The fragment layout is affine in the
@@ -216,35 +212,39 @@ class BlockScaledGemmSm90:
 
         tiles = utils.StaticPersistentTileScheduler.create(sched, cute.arch.block_idx(), cute.arch.grid_dim())
         work = tiles.initial_work_tile_info()
-        state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+        reading = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+        releasing = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         while work.is_valid_tile:
             m, n, l = work.tile_idx
             row0 = m * self.tile[0] + my_row
             rows = [cutlass.min(row0 + o, m_rows - 1) for o in distinct]
             nb = n * self.tile[1] // SCALE_BLOCK
             acc.fill(0.0)
-            next_sa = [mSA[r, 0] for r in rows]
-            next_sb = mSB[nb, 0]
-            for kt in range(k_tiles):
-                cur_sa = next_sa
-                cur_sb = next_sb
-                ring.consumer_wait(state)
-                warpgroup.fence()
-                tiled_mma.set(warpgroup.Field.ACCUMULATE, False)
-                for kb in cutlass.range_constexpr(k_blocks):
-                    coord = (None, None, kb, state.index)
-                    cute.gemm(tiled_mma, part, frag_a[coord], frag_b[coord], part)
-                    tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
-                warpgroup.commit_group()
-                k_next = cutlass.min(kt + 1, k_tiles - 1)
-                next_sa = [mSA[r, k_next] for r in rows]
-                next_sb = mSB[nb, k_next]
-                warpgroup.wait_group(0)
-                ring.consumer_release(state)
-                state.advance()
-                factors = [s * cur_sb for s in cur_sa]
-                for i in cutlass.range_constexpr(cute.size(acc)):
-                    acc[i] = acc[i] + part[i] * factors[which[i]]
+            # Two scratch accumulators: K block t + 1's MMAs run while K block t is promoted (wait_group(1)),
+            # so the tensor cores do not idle during a promotion.
+            tiled_mma, reading = self._issue(ring, reading, tiled_mma, part0, frag_a, frag_b, k_blocks)
+            sa0 = [mSA[r, 0] for r in rows]
+            sb0 = mSB[nb, 0]
+            sa1 = sa0
+            sb1 = sb0
+            pairs = (k_tiles - 1) // 2
+            for p in range(pairs):
+                tiled_mma, reading = self._issue(ring, reading, tiled_mma, part1, frag_a, frag_b, k_blocks)
+                sa1 = [mSA[r, 2 * p + 1] for r in rows]
+                sb1 = mSB[nb, 2 * p + 1]
+                releasing = self._retire(ring, releasing, acc, part0, sa0, sb0, which, 1)
+                tiled_mma, reading = self._issue(ring, reading, tiled_mma, part0, frag_a, frag_b, k_blocks)
+                sa0 = [mSA[r, 2 * p + 2] for r in rows]
+                sb0 = mSB[nb, 2 * p + 2]
+                releasing = self._retire(ring, releasing, acc, part1, sa1, sb1, which, 1)
+            if k_tiles - 2 * pairs == 2:  # one K block left after the pairs
+                tiled_mma, reading = self._issue(ring, reading, tiled_mma, part1, frag_a, frag_b, k_blocks)
+                sa1 = [mSA[r, k_tiles - 1] for r in rows]
+                sb1 = mSB[nb, k_tiles - 1]
+                releasing = self._retire(ring, releasing, acc, part0, sa0, sb0, which, 1)
+                releasing = self._retire(ring, releasing, acc, part1, sa1, sb1, which, 0)
+            else:
+                releasing = self._retire(ring, releasing, acc, part0, sa0, sb0, which, 0)
 
             sub_tiles = cute.zipped_divide(gD[(None, None, m, n, l)], self.epi_tile)
             bSG_sD, bSG_gD = cpasync.tma_partition(tma_d, 0, cute.make_layout(1), cute.group_modes(sD, 0, 2),
@@ -269,3 +269,29 @@ class BlockScaledGemmSm90:
             tiles.advance_to_next_work()
             work = tiles.get_current_work()
         store_ring.producer_tail()
+
+    @cute.jit
+    def _issue(self, ring, reading, tiled_mma, part, frag_a, frag_b, k_blocks: cutlass.Constexpr):
+        """Wait for the next stage and issue its four MMAs into ``part`` (overwritten: ACCUMULATE starts off)."""
+        ring.consumer_wait(reading)
+        warpgroup.fence()
+        tiled_mma.set(warpgroup.Field.ACCUMULATE, False)
+        for kb in cutlass.range_constexpr(k_blocks):
+            coord = (None, None, kb, reading.index)
+            cute.gemm(tiled_mma, part, frag_a[coord], frag_b[coord], part)
+            tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
+        warpgroup.commit_group()
+        reading.advance()
+        return tiled_mma, reading  # rebound by the caller: the tracer carries only plain locals across loops
+
+    @cute.jit
+    def _retire(self, ring, releasing, acc, part, sa, sb, which, in_flight: cutlass.Constexpr):
+        """Wait until at most ``in_flight`` MMA groups run, free the oldest stage, promote ``part`` into ``acc``
+        with the float32 factor ``a_scale[row] * b_scale``."""
+        warpgroup.wait_group(in_flight)
+        ring.consumer_release(releasing)
+        releasing.advance()
+        factors = [s * sb for s in sa]
+        for i in cutlass.range_constexpr(cute.size(acc)):
+            acc[i] = acc[i] + part[i] * factors[which[i]]
+        return releasing
