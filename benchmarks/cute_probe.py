@@ -3,7 +3,7 @@
 fresh random operands (ragged shapes included), then CUDA-graph timings (activation quantization not included:
 this is the GEMM alone) and the eager host cost of one call.
 
-Usage: python benchmarks/cute_probe.py --out cute_probe.csv [--m 512,4096] [--tiles 128,64]
+Usage: python benchmarks/cute_probe.py --out cute_probe.csv [--m 512,4096] [--configs 128.1.1,128.2.1]
 """
 
 # ruff: noqa: B023  (every closure is timed within the loop iteration that made it)
@@ -45,15 +45,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--m", default="512,4096")
-    p.add_argument("--tiles", default="128,64")
+    p.add_argument("--configs", default="128.1.1,128.2.1,128.1.2,64.1.1",
+                   help="tile_n.cluster_m.cluster_n, comma-separated")
     args = p.parse_args()
-    tiles = [int(t) for t in args.tiles.split(",")]
+    tiles = [tuple(int(v) for v in c.split(".")) for c in args.configs.split(",")]
     t0 = time.perf_counter()
     for tile in tiles:
         for m, n, k in CHECKS:
             x_q, x_s, w_q, w_s = operands(m, n, k)
             want = ref.gemm_reference(x_q, x_s, w_q, w_s, (128, 128), torch.bfloat16)
-            got = cgemm.fp8_block_gemm(x_q, x_s, w_q, w_s, torch.bfloat16, tile_n=tile)
+            got = cgemm.fp8_block_gemm(x_q, x_s, w_q, w_s, torch.bfloat16, config=tile)
             torch.cuda.synchronize()
             err = rel_err(got, want)
             print(f"check tile {tile} M={m} N={n} K={k}: max rel err {err:.2e} "
@@ -69,8 +70,8 @@ def main() -> None:
             fns = {"scaled_mm": lambda: blockwise_gemm(x_q, x_s_mn, w_q, w_s_pad, torch.bfloat16),
                    "triton": lambda: tgemm.fp8_block_gemm(x_q, x_s, w_q, w_s, (128, 128), torch.bfloat16)}
             for tile in tiles:
-                fns[f"cute{tile}"] = lambda tile=tile: cgemm.fp8_block_gemm(x_q, x_s, w_q, w_s, torch.bfloat16,
-                                                                            tile_n=tile)
+                fns["cute" + ".".join(map(str, tile))] = lambda tile=tile: cgemm.fp8_block_gemm(
+                    x_q, x_s, w_q, w_s, torch.bfloat16, config=tile)
             times = {name: timing.wall_us(timing.cuda_graphed(fn), 30) for name, fn in fns.items()}
             for name, us in times.items():
                 rows.append({"m": m, "n": n, "k": k, "variant": name, "us": round(us, 2),
@@ -88,7 +89,21 @@ def main() -> None:
         cgemm.fp8_block_gemm(x_q, x_s, w_q, w_s)
     host = (time.perf_counter() - t) / 200 * 1e6
     torch.cuda.synchronize()
-    print(f"eager host time per call (M=16, 4096x7168): {host:.1f} us")
+    kernel = cgemm._compiled(cgemm.DEFAULT_CONFIG, torch.bfloat16, torch.cuda.current_device())
+    out = torch.empty(16, 4096, dtype=torch.bfloat16, device="cuda")
+    xu, wu = x_q.view(torch.uint8), w_q.view(torch.uint8)
+    t = time.perf_counter()
+    for _ in range(200):
+        kernel(xu, wu, x_s, w_s, out)
+    bare = (time.perf_counter() - t) / 200 * 1e6
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(200):
+        tgemm.fp8_block_gemm(x_q, x_s, w_q, w_s, (128, 128), torch.bfloat16)
+    tri = (time.perf_counter() - t) / 200 * 1e6
+    torch.cuda.synchronize()
+    print(f"eager host time per call (M=16, 4096x7168): launcher {host:.1f} us, compiled call alone {bare:.1f} us, "
+          f"Triton launcher {tri:.1f} us")
     with open(args.out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -40,10 +40,17 @@ SMEM_BYTES = 232448  # sm_90 opt-in shared memory per block
 class BlockScaledGemmSm90:
     """A compiled-once kernel object; M, N and K stay dynamic."""
 
-    def __init__(self, tile_n: int = 128, epi_stages: int = 4):
+    def __init__(self, tile_n: int = 128, cluster: tuple[int, int] = (1, 1), epi_stages: int = 4):
         if tile_n not in (64, 128):
             raise ValueError(f"tile_n={tile_n}: a tile must lie inside one 128-row weight-scale block (64 or 128)")
+        if cluster not in ((1, 1), (2, 1), (1, 2), (2, 2)):
+            raise ValueError(f"cluster={cluster}: one of (1, 1), (2, 1), (1, 2), (2, 2)")
         self.tile = (128, tile_n, SCALE_BLOCK)
+        # CTAs of a cluster along N share their A tile, along M their B tile: each loads a slice and multicasts it,
+        # so L2 serves fewer bytes per MMA (128 x 128 tiles alone need more L2 bandwidth than the H200 has).
+        self.cluster = cluster
+        self.mcast_a = cluster[1]
+        self.mcast_b = cluster[0]
         self.epi_stages = epi_stages
         self.mma_wgs = 2
         self.threads = (1 + self.mma_wgs) * THREADS_PER_WG
@@ -55,7 +62,7 @@ class BlockScaledGemmSm90:
 
     @cute.jit
     def __call__(self, a: cute.Tensor, b: cute.Tensor, sa: cute.Tensor, sb: cute.Tensor, d: cute.Tensor,
-                 max_ctas: cutlass.Constexpr, stream):
+                 max_clusters: cutlass.Constexpr, stream):
         # a, b arrive as uint8 (DLPack has no FP8 everywhere): the same bytes, read as e4m3.
         m, k = a.shape
         n = b.shape[0]
@@ -63,11 +70,11 @@ class BlockScaledGemmSm90:
         a = cute.make_tensor(cute.recast_ptr(a.iterator, dtype=fp8), cute.make_layout((m, k, 1), stride=(k, 1, m * k)))
         b = cute.make_tensor(cute.recast_ptr(b.iterator, dtype=fp8), cute.make_layout((n, k, 1), stride=(k, 1, n * k)))
         d = cute.make_tensor(d.iterator, cute.make_layout((m, n, 1), stride=(n, 1, m * n)))
-        self._launch(a, b, sa, sb, d, max_ctas, stream)
+        self._launch(a, b, sa, sb, d, max_clusters, stream)
 
     @cute.jit
     def _launch(self, a: cute.Tensor, b: cute.Tensor, sa: cute.Tensor, sb: cute.Tensor, d: cute.Tensor,
-                max_ctas: cutlass.Constexpr, stream):
+                max_clusters: cutlass.Constexpr, stream):
         self.ab_dtype = a.element_type
         self.d_dtype = d.element_type
         a_layout = utils.LayoutEnum.from_tensor(a)
@@ -81,16 +88,16 @@ class BlockScaledGemmSm90:
         b_smem = sm90.make_smem_layout_b(b_layout, self.tile, self.ab_dtype, self.stages)
         d_smem = sm90.make_smem_layout_epi(self.d_dtype, self.d_layout, self.epi_tile, self.epi_stages)
 
-        tma_a, gA = cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileG2SOp(), a,
-                                                cute.slice_(a_smem, (None, None, 0)), (self.tile[0], self.tile[2]))
-        tma_b, gB = cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileG2SOp(), b,
-                                                cute.slice_(b_smem, (None, None, 0)), (self.tile[1], self.tile[2]))
+        tma_a, gA = cpasync.make_tiled_tma_atom(self._load_op(self.mcast_a), a, cute.slice_(a_smem, (None, None, 0)),
+                                                (self.tile[0], self.tile[2]), num_multicast=self.mcast_a)
+        tma_b, gB = cpasync.make_tiled_tma_atom(self._load_op(self.mcast_b), b, cute.slice_(b_smem, (None, None, 0)),
+                                                (self.tile[1], self.tile[2]), num_multicast=self.mcast_b)
         tma_d, gD = cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileS2GOp(), d,
                                                 cute.slice_(d_smem, (None, None, 0)), self.epi_tile)
 
         tiles_mnl = cute.zipped_divide(d, tiler=self.tile[:2])[(0, (None, None, None))].shape
-        sched = utils.PersistentTileSchedulerParams(tiles_mnl, (1, 1, 1), 1, True)
-        grid = utils.StaticPersistentTileScheduler.get_grid_shape(sched, max_ctas)
+        sched = utils.PersistentTileSchedulerParams(tiles_mnl, (*self.cluster, 1), 1, True)
+        grid = utils.StaticPersistentTileScheduler.get_grid_shape(sched, max_clusters)
 
         @cute.struct
         class Storage:
@@ -101,7 +108,11 @@ class BlockScaledGemmSm90:
 
         self.storage = Storage
         self.kernel(tma_a, gA, tma_b, gB, tma_d, gD, sa, sb, tiled_mma, a_smem, b_smem, d_smem, sched).launch(
-            grid=grid, block=[self.threads, 1, 1], cluster=(1, 1, 1), stream=stream)
+            grid=grid, block=[self.threads, 1, 1], cluster=(*self.cluster, 1), stream=stream)
+
+    @staticmethod
+    def _load_op(multicast: int):
+        return cpasync.CopyBulkTensorTileG2SMulticastOp() if multicast > 1 else cpasync.CopyBulkTensorTileG2SOp()
 
     @cute.kernel
     def kernel(self, tma_a: cute.CopyAtom, mA: cute.Tensor, tma_b: cute.CopyAtom, mB: cute.Tensor,
@@ -116,6 +127,11 @@ class BlockScaledGemmSm90:
             cpasync.prefetch_descriptor(tma_b)
             cpasync.prefetch_descriptor(tma_d)
 
+        cta_layout = cute.make_layout((*self.cluster, 1))
+        cluster_coord = cta_layout.get_flat_coord(cute.arch.make_warp_uniform(cute.arch.block_idx_in_cluster()))
+        mask_a = cute.make_layout_image_mask(cta_layout, cluster_coord, mode=1) if self.mcast_a > 1 else 0
+        mask_b = cute.make_layout_image_mask(cta_layout, cluster_coord, mode=0) if self.mcast_b > 1 else 0
+
         smem = utils.SmemAllocator()
         storage = smem.allocate(self.storage)
         stage_bytes = cute.size_in_bytes(self.ab_dtype, cute.slice_(a_smem, (None, None, 0))) + cute.size_in_bytes(
@@ -123,8 +139,11 @@ class BlockScaledGemmSm90:
         ring = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.barriers.data_ptr(), num_stages=self.stages,
             producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.mma_wgs * 4),
-            tx_count=stage_bytes, cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)))
+            # a stage is free once every consumer warp of every CTA that reads a multicast into it has released it
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread,
+                                                     (self.mcast_a + self.mcast_b - 1) * self.mma_wgs * 4),
+            tx_count=stage_bytes, cta_layout_vmnk=cute.make_layout((1, *cta_layout.shape)), defer_sync=True)
+        pipeline.pipeline_init_arrive(cluster_shape_mn=self.cluster, is_relaxed=True)
 
         sA = storage.sA.get_tensor(a_smem.outer, swizzle=a_smem.inner)
         sB = storage.sB.get_tensor(b_smem.outer, swizzle=b_smem.inner)
@@ -134,25 +153,25 @@ class BlockScaledGemmSm90:
         gA = cute.local_tile(mA, cute.slice_(self.tile, (None, 0, None)), (None, None, None))
         gB = cute.local_tile(mB, cute.slice_(self.tile, (0, None, None)), (None, None, None))
         gD = cute.local_tile(mD, cute.slice_(self.tile, (None, None, 0)), (None, None, None))
-        tAsA, tAgA = cpasync.tma_partition(tma_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2),
-                                           cute.group_modes(gA, 0, 2))
-        tBsB, tBgB = cpasync.tma_partition(tma_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2),
-                                           cute.group_modes(gB, 0, 2))
+        tAsA, tAgA = cpasync.tma_partition(tma_a, cluster_coord[1], cute.make_layout(self.mcast_a),
+                                           cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2))
+        tBsB, tBgB = cpasync.tma_partition(tma_b, cluster_coord[0], cute.make_layout(self.mcast_b),
+                                           cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2))
         k_tiles = cute.size(gA, mode=[3])
 
-        cute.arch.sync_threads()  # barriers initialised before anyone waits on them
+        pipeline.pipeline_init_wait(cluster_shape_mn=self.cluster)  # barriers initialised cluster-wide
 
         if wg == 0:
             cute.arch.setmaxregister_decrease(40)
         if warp == 0:
-            self._produce(ring, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB, k_tiles, sched)
+            self._produce(ring, tma_a, tAgA, tAsA, mask_a, tma_b, tBgB, tBsB, mask_b, k_tiles, sched)
         if wg > 0:
             cute.arch.setmaxregister_increase(232)
             self._consume(ring, tiled_mma, sA, sB, sD, gD, mSA, mSB, tma_d, k_tiles, sched, tidx - THREADS_PER_WG,
                           warp)
 
     @cute.jit
-    def _produce(self, ring, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB, k_tiles, sched):
+    def _produce(self, ring, tma_a, tAgA, tAsA, mask_a, tma_b, tBgB, tBsB, mask_b, k_tiles, sched):
         tiles = utils.StaticPersistentTileScheduler.create(sched, cute.arch.block_idx(), cute.arch.grid_dim())
         work = tiles.initial_work_tile_info()
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
@@ -163,8 +182,8 @@ class BlockScaledGemmSm90:
             for kt in range(k_tiles):
                 ring.producer_acquire(state)
                 bar = ring.producer_get_barrier(state)
-                cute.copy(tma_a, src_a[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar)
-                cute.copy(tma_b, src_b[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar)
+                cute.copy(tma_a, src_a[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar, mcast_mask=mask_a)
+                cute.copy(tma_b, src_b[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar, mcast_mask=mask_b)
                 ring.producer_commit(state)
                 state.advance()
             tiles.advance_to_next_work()
@@ -192,6 +211,7 @@ class BlockScaledGemmSm90:
         which = [distinct.index(o) for o in row_offs]
         my_row = my_coords[0][0]
         m_rows = mSA.shape[0]
+        n_blocks = mSB.shape[0]
 
         # Epilogue: registers -> shared (stmatrix) -> global (TMA store), one (128 x 32) subtile at a time.
         store_atom = sm90.get_smem_store_op(self.d_layout, self.d_dtype, cutlass.Float32)
@@ -218,7 +238,8 @@ class BlockScaledGemmSm90:
             m, n, l = work.tile_idx
             row0 = m * self.tile[0] + my_row
             rows = [cutlass.min(row0 + o, m_rows - 1) for o in distinct]
-            nb = n * self.tile[1] // SCALE_BLOCK
+            # a cluster's tile past N (N tiles not a multiple of the cluster) reads a valid scale row, stores nothing
+            nb = cutlass.min(n * self.tile[1] // SCALE_BLOCK, n_blocks - 1)
             acc.fill(0.0)
             # Two scratch accumulators: K block t + 1's MMAs run while K block t is promoted (wait_group(1)),
             # so the tensor cores do not idle during a promotion.

@@ -19,6 +19,8 @@ from blockfp8.quant.reference import QuantError, cdiv
 
 OUT_DTYPES = (torch.bfloat16, torch.float16)
 TILE_NS = (64, 128)
+CLUSTERS = ((1, 1), (2, 1), (1, 2), (2, 2))
+DEFAULT_CONFIG = (128, 1, 1)  # (tile_n, cluster_m, cluster_n)
 K_ALIGN = 16  # TMA: 16-byte row strides of the FP8 operands
 N_ALIGN = 8  # and of the 16-bit output
 
@@ -39,13 +41,16 @@ def unsupported(x_q: torch.Tensor, w_q: torch.Tensor, out_dtype: torch.dtype) ->
 
 def fp8_block_gemm(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
                    out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None,
-                   tile_n: int = 128) -> torch.Tensor:
-    _check_inputs(x_q, x_scale, w_q, w_scale, out_dtype, bias, tile_n)
+                   config: tuple[int, int, int] = DEFAULT_CONFIG) -> torch.Tensor:
+    """``config``: ``(tile_n, cluster_m, cluster_n)``; a 2-CTA cluster along N shares (multicasts) the A tile, along
+    M the B tile."""
+    config = tuple(config)
+    _check_inputs(x_q, x_scale, w_q, w_scale, out_dtype, bias, config)
     m, n = x_q.shape[0], w_q.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=x_q.device)
     if m == 0:
         return out
-    kernel = _compiled(tile_n, out_dtype, x_q.device.index if x_q.device.index is not None
+    kernel = _compiled(config, out_dtype, x_q.device.index if x_q.device.index is not None
                        else torch.cuda.current_device())
     # Through TVM-FFI: torch tensors go in as DLPack views and the launch takes torch's current stream, so a
     # call costs a few microseconds of host time and is captured by CUDA graphs like any torch kernel.
@@ -55,7 +60,7 @@ def fp8_block_gemm(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, 
     return out
 
 
-def _check_inputs(x_q, x_scale, w_q, w_scale, out_dtype, bias, tile_n) -> None:
+def _check_inputs(x_q, x_scale, w_q, w_scale, out_dtype, bias, config) -> None:
     if x_q.dim() != 2 or w_q.dim() != 2 or x_q.shape[1] != w_q.shape[1]:
         raise QuantError(f"cute gemm: expected x [M, K] and w [N, K], got {tuple(x_q.shape)} and {tuple(w_q.shape)}")
     why = unsupported(x_q, w_q, out_dtype)
@@ -74,15 +79,15 @@ def _check_inputs(x_q, x_scale, w_q, w_scale, out_dtype, bias, tile_n) -> None:
     for name, t in (("x_q", x_q), ("w_q", w_q)):
         if not t.is_contiguous() or t.data_ptr() % 16:
             raise QuantError(f"cute gemm: {name} must be contiguous and 16-byte aligned")
-    if tile_n not in TILE_NS:
-        raise QuantError(f"cute gemm: tile_n={tile_n}; valid: {', '.join(map(str, TILE_NS))}")
+    if len(config) != 3 or config[0] not in TILE_NS or config[1:] not in CLUSTERS:
+        raise QuantError(f"cute gemm: config={config}; valid: (tile_n in {TILE_NS}, cluster in {CLUSTERS})")
     if bias is not None and (bias.shape != (n,) or bias.device != x_q.device):
         raise QuantError(f"cute gemm: bias must be [{n}] on {x_q.device}, got {list(bias.shape)} on {bias.device}")
 
 
 @functools.cache
-def _compiled(tile_n: int, out_dtype: torch.dtype, device_index: int):
-    """Compile once per (tile, output dtype, device): sizes are runtime arguments, so every M, N, K reuses it."""
+def _compiled(config: tuple[int, int, int], out_dtype: torch.dtype, device_index: int):
+    """Compile once per (config, output dtype, device): sizes are runtime arguments, so every M, N, K reuses it."""
     import cutlass
     import cutlass.cute as cute
     from cutlass.cute.runtime import make_fake_compact_tensor, make_fake_stream
@@ -100,7 +105,10 @@ def _compiled(tile_n: int, out_dtype: torch.dtype, device_index: int):
         return make_fake_compact_tensor(dtype, shape, stride_order=(1, 0), assumed_align=align)
 
     out = cutlass.BFloat16 if out_dtype == torch.bfloat16 else cutlass.Float16
-    sms = torch.cuda.get_device_properties(device_index).multi_processor_count
-    return cute.compile(BlockScaledGemmSm90(tile_n), fake(cutlass.Uint8, (m, k), 16), fake(cutlass.Uint8, (n, k), 16),
-                        fake(cutlass.Float32, (m, kb), 4), fake(cutlass.Float32, (nb, kb), 4), fake(out, (m, n), 16),
-                        sms, make_fake_stream(use_tvm_ffi_env_stream=True), options="--enable-tvm-ffi")
+    tile_n, cluster = config[0], config[1:]
+    with torch.cuda.device(device_index):
+        clusters = cutlass.utils.HardwareInfo().get_max_active_clusters(cluster[0] * cluster[1])
+    return cute.compile(BlockScaledGemmSm90(tile_n, cluster), fake(cutlass.Uint8, (m, k), 16),
+                        fake(cutlass.Uint8, (n, k), 16), fake(cutlass.Float32, (m, kb), 4),
+                        fake(cutlass.Float32, (nb, kb), 4), fake(out, (m, n), 16), clusters,
+                        make_fake_stream(use_tvm_ffi_env_stream=True), options="--enable-tvm-ffi")
