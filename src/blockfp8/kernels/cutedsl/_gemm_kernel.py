@@ -40,7 +40,8 @@ SMEM_BYTES = 232448  # sm_90 opt-in shared memory per block
 class BlockScaledGemmSm90:
     """A compiled-once kernel object; M, N and K stay dynamic."""
 
-    def __init__(self, tile_n: int = 128, cluster: tuple[int, int] = (1, 1), epi_stages: int = 4):
+    def __init__(self, tile_n: int = 128, cluster: tuple[int, int] = (1, 1), swizzle: int = 1, raster_m: bool = True,
+                 epi_stages: int = 4):
         if tile_n not in (64, 128):
             raise ValueError(f"tile_n={tile_n}: a tile must lie inside one 128-row weight-scale block (64 or 128)")
         if cluster not in ((1, 1), (2, 1), (1, 2), (2, 2)):
@@ -49,6 +50,10 @@ class BlockScaledGemmSm90:
         # CTAs of a cluster along N share their A tile, along M their B tile: each loads a slice and multicasts it,
         # so L2 serves fewer bytes per MMA (128 x 128 tiles alone need more L2 bandwidth than the H200 has).
         self.cluster = cluster
+        # Tile order: ``swizzle`` tiles (in cluster units) along the raster direction before stepping across, so the
+        # tiles running at one time share A and B panels in L2.
+        self.swizzle = swizzle
+        self.raster_m = raster_m
         self.mcast_a = cluster[1]
         self.mcast_b = cluster[0]
         self.epi_stages = epi_stages
@@ -96,7 +101,7 @@ class BlockScaledGemmSm90:
                                                 cute.slice_(d_smem, (None, None, 0)), self.epi_tile)
 
         tiles_mnl = cute.zipped_divide(d, tiler=self.tile[:2])[(0, (None, None, None))].shape
-        sched = utils.PersistentTileSchedulerParams(tiles_mnl, (*self.cluster, 1), 1, True)
+        sched = utils.PersistentTileSchedulerParams(tiles_mnl, (*self.cluster, 1), self.swizzle, self.raster_m)
         grid = utils.StaticPersistentTileScheduler.get_grid_shape(sched, max_clusters)
 
         @cute.struct
