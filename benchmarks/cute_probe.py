@@ -3,7 +3,7 @@
 fresh random operands (ragged shapes included), then CUDA-graph timings (activation quantization not included:
 this is the GEMM alone) and the eager host cost of one call.
 
-Usage: python benchmarks/cute_probe.py --out cute_probe.csv [--m 512,4096] [--configs 128.1.1.1.1,128.1.1.8.1]
+Usage: python benchmarks/cute_probe.py --out cute_probe.csv [--m 512,4096] [--configs 128.128.1.1.1.1,64.64.1.1.1.1]
 """
 
 # ruff: noqa: B023  (every closure is timed within the loop iteration that made it)
@@ -45,8 +45,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--m", default="512,4096")
-    p.add_argument("--configs", default="128.1.1.1.1,64.1.1.1.1",
-                   help="tile_n.cluster_m.cluster_n.swizzle.raster_m, comma-separated")
+    p.add_argument("--configs", default="128.128.1.1.1.1,64.64.1.1.1.1",
+                   help="tile_m.tile_n.cluster_m.cluster_n.swizzle.raster_m, comma-separated")
     args = p.parse_args()
     tiles = [tuple(int(v) for v in c.split(".")) for c in args.configs.split(",")]
     t0 = time.perf_counter()

@@ -40,13 +40,15 @@ SMEM_BYTES = 232448  # sm_90 opt-in shared memory per block
 class BlockScaledGemmSm90:
     """A compiled-once kernel object; M, N and K stay dynamic."""
 
-    def __init__(self, tile_n: int = 128, cluster: tuple[int, int] = (1, 1), swizzle: int = 1, raster_m: bool = True,
-                 epi_stages: int = 4):
+    def __init__(self, tile_m: int = 128, tile_n: int = 128, cluster: tuple[int, int] = (1, 1), swizzle: int = 1,
+                 raster_m: bool = True, epi_stages: int = 4):
         if tile_n not in (64, 128):
             raise ValueError(f"tile_n={tile_n}: a tile must lie inside one 128-row weight-scale block (64 or 128)")
         if cluster not in ((1, 1), (2, 1), (1, 2), (2, 2)):
             raise ValueError(f"cluster={cluster}: one of (1, 1), (2, 1), (1, 2), (2, 2)")
-        self.tile = (128, tile_n, SCALE_BLOCK)
+        if tile_m not in (64, 128):
+            raise ValueError(f"tile_m={tile_m}: 64 (one MMA warp group) or 128 (two)")
+        self.tile = (tile_m, tile_n, SCALE_BLOCK)
         # CTAs of a cluster along N share their A tile, along M their B tile: each loads a slice and multicasts it,
         # so L2 serves fewer bytes per MMA (128 x 128 tiles alone need more L2 bandwidth than the H200 has).
         self.cluster = cluster
@@ -57,12 +59,12 @@ class BlockScaledGemmSm90:
         self.mcast_a = cluster[1]
         self.mcast_b = cluster[0]
         self.epi_stages = epi_stages
-        self.mma_wgs = 2
+        self.mma_wgs = tile_m // 64  # 64 rows per MMA warp group
         self.threads = (1 + self.mma_wgs) * THREADS_PER_WG
-        self.epi_tile = (128, 32)
+        self.epi_tile = (tile_m, 32)
         ab_bytes = (self.tile[0] + self.tile[1]) * self.tile[2]
         epi_bytes = self.epi_tile[0] * self.epi_tile[1] * 2 * epi_stages
-        self.stages = min(8, (SMEM_BYTES - 2048 - epi_bytes) // ab_bytes)
+        self.stages = min(12, (SMEM_BYTES - 2048 - epi_bytes) // ab_bytes)
         self.epi_barrier = pipeline.NamedBarrier(barrier_id=1, num_threads=self.mma_wgs * THREADS_PER_WG)
 
     @cute.jit

@@ -18,11 +18,12 @@ import torch
 from blockfp8.quant.reference import QuantError, cdiv
 
 OUT_DTYPES = (torch.bfloat16, torch.float16)
+TILE_MS = (64, 128)
 TILE_NS = (64, 128)
 CLUSTERS = ((1, 1), (2, 1), (1, 2), (2, 2))
 SWIZZLES = (1, 2, 4, 8, 16)
-# (tile_n, cluster_m, cluster_n, swizzle, raster along M: 1 / N: 0)
-DEFAULT_CONFIG = (128, 1, 1, 1, 1)
+# (tile_m, tile_n, cluster_m, cluster_n, swizzle, raster along M: 1 / N: 0)
+DEFAULT_CONFIG = (128, 128, 1, 1, 1, 1)
 K_ALIGN = 16  # TMA: 16-byte row strides of the FP8 operands
 N_ALIGN = 8  # and of the 16-bit output
 
@@ -44,7 +45,7 @@ def unsupported(x_q: torch.Tensor, w_q: torch.Tensor, out_dtype: torch.dtype) ->
 def fp8_block_gemm(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
                    out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None,
                    config: tuple[int, ...] = DEFAULT_CONFIG) -> torch.Tensor:
-    """``config``: ``(tile_n, cluster_m, cluster_n, swizzle, raster_m)``; a 2-CTA cluster along N shares
+    """``config``: ``(tile_m, tile_n, cluster_m, cluster_n, swizzle, raster_m)``; a 2-CTA cluster along N shares
     (multicasts) the A tile, along M the B tile; ``swizzle`` tiles along the raster direction (M when
     ``raster_m``) run before the order steps across."""
     config = tuple(config)
@@ -82,10 +83,10 @@ def _check_inputs(x_q, x_scale, w_q, w_scale, out_dtype, bias, config) -> None:
     for name, t in (("x_q", x_q), ("w_q", w_q)):
         if not t.is_contiguous() or t.data_ptr() % 16:
             raise QuantError(f"cute gemm: {name} must be contiguous and 16-byte aligned")
-    if (len(config) != 5 or config[0] not in TILE_NS or config[1:3] not in CLUSTERS or config[3] not in SWIZZLES
-            or config[4] not in (0, 1)):
-        raise QuantError(f"cute gemm: config={config}; valid: (tile_n in {TILE_NS}, cluster in {CLUSTERS}, "
-                         f"swizzle in {SWIZZLES}, raster_m 0 or 1)")
+    if (len(config) != 6 or config[0] not in TILE_MS or config[1] not in TILE_NS or config[2:4] not in CLUSTERS
+            or config[4] not in SWIZZLES or config[5] not in (0, 1)):
+        raise QuantError(f"cute gemm: config={config}; valid: (tile_m in {TILE_MS}, tile_n in {TILE_NS}, cluster in "
+                         f"{CLUSTERS}, swizzle in {SWIZZLES}, raster_m 0 or 1)")
     if bias is not None and (bias.shape != (n,) or bias.device != x_q.device):
         raise QuantError(f"cute gemm: bias must be [{n}] on {x_q.device}, got {list(bias.shape)} on {bias.device}")
 
@@ -110,10 +111,11 @@ def _compiled(config: tuple[int, ...], out_dtype: torch.dtype, device_index: int
         return make_fake_compact_tensor(dtype, shape, stride_order=(1, 0), assumed_align=align)
 
     out = cutlass.BFloat16 if out_dtype == torch.bfloat16 else cutlass.Float16
-    tile_n, cluster, swizzle, raster_m = config[0], config[1:3], config[3], bool(config[4])
+    tile_m, tile_n, cluster, swizzle, raster_m = config[0], config[1], config[2:4], config[4], bool(config[5])
     with torch.cuda.device(device_index):
         clusters = cutlass.utils.HardwareInfo().get_max_active_clusters(cluster[0] * cluster[1])
-    return cute.compile(BlockScaledGemmSm90(tile_n, cluster, swizzle, raster_m), fake(cutlass.Uint8, (m, k), 16),
-                        fake(cutlass.Uint8, (n, k), 16), fake(cutlass.Float32, (m, kb), 4),
-                        fake(cutlass.Float32, (nb, kb), 4), fake(out, (m, n), 16), clusters,
-                        make_fake_stream(use_tvm_ffi_env_stream=True), options="--enable-tvm-ffi")
+    kernel = BlockScaledGemmSm90(tile_m, tile_n, cluster, swizzle, raster_m)
+    return cute.compile(kernel, fake(cutlass.Uint8, (m, k), 16), fake(cutlass.Uint8, (n, k), 16),
+                        fake(cutlass.Float32, (m, kb), 4), fake(cutlass.Float32, (nb, kb), 4),
+                        fake(out, (m, n), 16), clusters, make_fake_stream(use_tvm_ffi_env_stream=True),
+                        options="--enable-tvm-ffi")
