@@ -31,3 +31,13 @@ def _fresh_once_caches():
 
     reset_once_caches()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _cute_dsl_only_where_asked(request, monkeypatch):
+    """Platform detection sees the optional CuTe DSL only in tests marked ``cute``: the others (candidate lists,
+    explain output) must not change with what happens to be installed."""
+    if "cute" not in request.keywords:
+        from blockfp8 import platform
+
+        monkeypatch.setattr(platform, "_has_cute_dsl", lambda: False)

@@ -31,8 +31,8 @@ def test_tristate(name, raw, value, is_set, monkeypatch):
 @pytest.mark.parametrize("name,raw,valid", [
     ("BLOCKFP8_USE_DEEP_GEMM", "true", "valid values: 0, 1"),
     ("BLOCKFP8_MOE_USE_DEEP_GEMM", "2", "valid values: 0, 1"),
-    ("BLOCKFP8_GEMM_BACKEND", "cutlass", "valid values: auto, deepgemm, scaled_mm, triton, reference"),
-    ("BLOCKFP8_DISABLED_BACKENDS", "triton,auto", "a comma list of deepgemm, scaled_mm, triton, reference"),
+    ("BLOCKFP8_GEMM_BACKEND", "cutlass", "valid values: auto, deepgemm, scaled_mm, cute, triton, reference"),
+    ("BLOCKFP8_DISABLED_BACKENDS", "triton,auto", "a comma list of deepgemm, scaled_mm, cute, triton, reference"),
     ("BLOCKFP8_ARCH", "hopper", "examples of valid values: sm_89, sm_90"),
     ("BLOCKFP8_LOG_LEVEL", "loud", "valid values: DEBUG, INFO, WARNING, ERROR"),
 ])

@@ -48,7 +48,7 @@ def _csv(name: str) -> tuple[str, ...]:
 
 # The backend ids as plain strings (blockfp8.backends.base.BackendId holds the same values; a test keeps them equal).
 # Kept here so that envs stays stdlib-only and can validate BLOCKFP8_GEMM_BACKEND without importing the backends.
-BACKEND_IDS = ("auto", "deepgemm", "scaled_mm", "triton", "reference")
+BACKEND_IDS = ("auto", "deepgemm", "scaled_mm", "cute", "triton", "reference")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -122,12 +122,12 @@ ENV_VARS: dict[str, EnvVar] = {
             lambda: _tristate("BLOCKFP8_MOE_USE_DEEP_GEMM"),
         ),
         EnvVar(
-            "BLOCKFP8_GEMM_BACKEND", "auto | deepgemm | scaled_mm | triton | reference", "auto",
+            "BLOCKFP8_GEMM_BACKEND", "auto | deepgemm | scaled_mm | cute | triton | reference", "auto",
             "Backend for dense layers; an explicit choice that cannot run raises.",
             lambda: _choice("BLOCKFP8_GEMM_BACKEND", BACKEND_IDS),
         ),
         EnvVar(
-            "BLOCKFP8_DISABLED_BACKENDS", "comma list of deepgemm, scaled_mm, triton, reference", "empty",
+            "BLOCKFP8_DISABLED_BACKENDS", "comma list of deepgemm, scaled_mm, cute, triton, reference", "empty",
             "Backends never chosen automatically (an explicit choice still wins).",
             lambda: _csv_choices("BLOCKFP8_DISABLED_BACKENDS", BACKEND_IDS[1:]),
         ),

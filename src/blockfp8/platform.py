@@ -11,11 +11,23 @@ import importlib.metadata
 import importlib.util
 import platform as _pyplatform
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from blockfp8 import envs
 from blockfp8.envs import EnvError, parse_arch  # noqa: F401  (parse_arch is re-exported)
 
 OPTIONAL_LIBRARIES = ("triton", "deep_gemm", "transformers", "safetensors", "gguf", "accelerate", "matplotlib")
+CUTE_DSL = "cute_dsl"  # the libraries entry for the CuTe DSL (nvidia-cutlass-dsl) with its TVM-FFI call path
+
+
+def _has_cute_dsl() -> bool:
+    """``cutlass.cute`` and ``tvm_ffi`` are importable, found without importing ``cutlass`` (slow, and another
+    project's ``cutlass`` package has no ``cute``)."""
+    spec = importlib.util.find_spec("cutlass")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    has_cute = any((Path(loc) / "cute").is_dir() for loc in locations)
+    return has_cute and importlib.util.find_spec("tvm_ffi") is not None
+
 
 def family_of(capability: tuple[int, int] | None) -> int | None:
     """SM family: 90 Hopper; 100 for SM100/SM103 (B200/B300); 120 for SM120/SM121; else major*10+minor."""
@@ -73,6 +85,10 @@ class Platform:
         """DeepGEMM's block-scaled MMA on these parts takes only power-of-two (UE8M0) scales."""
         return self.family in (100, 120)
 
+    @property
+    def cute_dsl_version(self) -> str | None:
+        return _version("nvidia-cutlass-dsl") if self.has(CUTE_DSL) else None
+
     def has(self, library: str) -> bool:
         return self.libraries.get(library, False)
 
@@ -113,6 +129,7 @@ def detect(arch: str | None = None) -> Platform:
     if override:
         capability, simulated = parse_arch(override), True
     libraries = {name: importlib.util.find_spec(name) is not None for name in OPTIONAL_LIBRARIES}
+    libraries[CUTE_DSL] = _has_cute_dsl()
     return Platform(
         device="cuda" if has_cuda else "cpu",
         gpu_name=gpu_name,
@@ -161,6 +178,7 @@ def run_environment(device: str = "cpu", *, commit: bool = False) -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda or "",
         "triton": _version("triton") or "",
+        "cutlass_dsl": _version("nvidia-cutlass-dsl") or "",
         "transformers": _version("transformers") or "",
         "device": str(device),
         "gpu": torch.cuda.get_device_name(torch.device(device)) if on_gpu else None,

@@ -36,7 +36,7 @@ def test_public_api_signatures():
     assert select.get_backend("reference") is select.get_backend(BackendId.REFERENCE)  # built once
     with pytest.raises(ValueError, match="names no backend"):
         select.get_backend("auto")
-    with pytest.raises(ValueError, match="valid values: auto, deepgemm, scaled_mm, triton, reference"):
+    with pytest.raises(ValueError, match="valid values: auto, deepgemm, scaled_mm, cute, triton, reference"):
         select.get_backend("cutlass")
     with pytest.raises(ValueError, match="kind='dense' is not valid; valid values: linear, moe"):
         select.resolve(DENSE, kind="dense")

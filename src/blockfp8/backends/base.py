@@ -26,6 +26,7 @@ class BackendId(str, enum.Enum):
     AUTO = "auto"
     DEEPGEMM = "deepgemm"
     SCALED_MM = "scaled_mm"
+    CUTE = "cute"
     TRITON = "triton"
     REFERENCE = "reference"
 

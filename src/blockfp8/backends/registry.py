@@ -8,11 +8,12 @@ import importlib
 from blockfp8.backends.base import BackendId, GemmBackend
 
 # Also the default preference order: a backend unsupported on a platform is skipped there, which gives
-# Hopper deepgemm > scaled_mm > triton > reference, family 100 deepgemm > triton > reference, elsewhere
+# Hopper deepgemm > scaled_mm > cute > triton > reference, family 100 deepgemm > triton > reference, elsewhere
 # triton > reference (and reference alone on a CPU).
 BACKENDS: dict[BackendId, tuple[str, str]] = {
     BackendId.DEEPGEMM: ("blockfp8.backends.deepgemm", "DeepGemmBackend"),
     BackendId.SCALED_MM: ("blockfp8.backends.scaled_mm", "ScaledMMBackend"),
+    BackendId.CUTE: ("blockfp8.backends.cute", "CuteBackend"),
     BackendId.TRITON: ("blockfp8.backends.triton", "TritonBackend"),
     BackendId.REFERENCE: ("blockfp8.backends.reference", "ReferenceBackend"),
 }

@@ -28,7 +28,7 @@ from blockfp8.bench import results, shapes
 
 MODES = ("chain",)
 ALL_MODES = ("chain", "graph", "eager")
-VARIANTS = ("bf16", "scaled_mm", "triton", "deepgemm", "auto")
+VARIANTS = ("bf16", "scaled_mm", "cute", "triton", "deepgemm", "auto")
 TABLE_COLS = ("m", "n", "k", "variant", "us", "speedup_vs_scaled_mm", "speedup_vs_bf16", "extra")
 MIN_COPIES, MAX_COPIES = 4, 64
 

@@ -16,8 +16,8 @@ Operators (all functional: new outputs, inputs untouched):
   activation quantization of a 2-D ``x [M, K]`` into ``scale_fmt`` scales laid out as ``layout``
   (``quant.layouts``), rows padded to ``pad_m``, zero columns to ``pad_k`` (within the last group); ``fused``
   picks the Triton kernel over the reference (same bits).
-* ``gemm_reference`` / ``gemm_triton`` / ``gemm_scaled_mm`` / ``gemm_deepgemm``: ``out[M, N] = x @ w.T`` with
-  per-128-K promotion, from quantized operands in the layouts each kernel takes.
+* ``gemm_reference`` / ``gemm_triton`` / ``gemm_scaled_mm`` / ``gemm_cute`` / ``gemm_deepgemm``:
+  ``out[M, N] = x @ w.T`` with per-128-K promotion, from quantized operands in the layouts each kernel takes.
 * ``moe_reference`` / ``moe_triton`` / ``moe_deepgemm``: a whole block-FP8 MoE (``quant.reference.moe_reference``
   semantics); the Triton and DeepGEMM ones route on the device with no host sync, so they can be captured in a CUDA
   graph.
@@ -44,6 +44,8 @@ _SCHEMAS = {
                    "ScalarType out_dtype, Tensor? bias, int[] config) -> Tensor",
     "gemm_scaled_mm": "(Tensor x_q, Tensor x_scale, Tensor w_q, Tensor w_scale, ScalarType out_dtype, "
                       "Tensor? bias) -> Tensor",
+    "gemm_cute": "(Tensor x_q, Tensor x_scale, Tensor w_q, Tensor w_scale, ScalarType out_dtype, Tensor? bias, "
+                 "int[] config) -> Tensor",
     "gemm_deepgemm": "(Tensor x_q, Tensor x_scale, Tensor w_q, Tensor w_scale) -> Tensor",
     "moe_reference": "(Tensor x, Tensor w13, Tensor w13_scale, Tensor w2, Tensor w2_scale, Tensor topk_weights, "
                      "Tensor topk_ids, int block_n, int block_k, str scale_fmt, ScalarType act_dtype) -> Tensor",
@@ -128,6 +130,18 @@ def _gemm_scaled_mm_fake(x_q, x_scale, w_q, w_scale, out_dtype, bias):
     return _gemm_out(x_q, w_q, out_dtype)
 
 
+def _gemm_cute(x_q, x_scale, w_q, w_scale, out_dtype, bias, config):
+    from blockfp8.kernels.cutedsl import gemm
+
+    return gemm.fp8_block_gemm(x_q, x_scale, w_q, w_scale, out_dtype, bias,
+                               config=tuple(config) if config else gemm.default_config(x_q.shape[0], w_q.shape[0],
+                                                                                       gemm.num_sms(x_q.device)))
+
+
+def _gemm_cute_fake(x_q, x_scale, w_q, w_scale, out_dtype, bias, config):
+    return _gemm_out(x_q, w_q, out_dtype)
+
+
 def _gemm_deepgemm(x_q, x_scale, w_q, w_scale):
     from blockfp8.kernels import deepgemm
 
@@ -191,6 +205,7 @@ _register("quantize_act", _quantize_act, _quantize_act_fake)
 _register("gemm_reference", _gemm_reference, _gemm_reference_fake)
 _register("gemm_triton", _gemm_triton, _gemm_triton_fake)
 _register("gemm_scaled_mm", _gemm_scaled_mm, _gemm_scaled_mm_fake)
+_register("gemm_cute", _gemm_cute, _gemm_cute_fake)
 _register("gemm_deepgemm", _gemm_deepgemm, _gemm_deepgemm_fake)
 _register("moe_reference", _moe_reference, _moe_reference_fake)
 _register("moe_triton", _moe_triton, _moe_fake)

@@ -24,6 +24,37 @@ CLUSTERS = ((1, 1), (2, 1), (1, 2), (2, 2))
 SWIZZLES = (1, 2, 4, 8, 16)
 # (tile_m, tile_n, cluster_m, cluster_n, swizzle, raster along M: 1 / N: 0)
 DEFAULT_CONFIG = (128, 128, 1, 1, 1, 1)
+# Tile shapes the heuristic picks from, largest first, and the share of the SMs the tiles must cover. Measured on an
+# H200 (docs/kernels.md, "CuTe DSL kernel"): 128 x 128 tiles are fastest once they fill most SMs; below that,
+# smaller tiles give more of them (M = 64..256 is where this kernel beats both cuBLASLt and Triton). Clusters and
+# tile-order swizzles measured no gain, so the heuristic keeps them off.
+HEURISTIC_TILES = ((128, 128), (128, 64), (64, 128), (64, 64))
+MIN_SM_SHARE = 0.6
+
+
+def default_config(m: int, n: int, sms: int = 132) -> tuple[int, ...]:
+    """The first (largest) tile shape whose tiles cover at least 60 % of the SMs, else the smallest."""
+    for tm, tn in HEURISTIC_TILES:
+        if cdiv(m, tm) * cdiv(n, tn) >= MIN_SM_SHARE * sms:
+            return (tm, tn, 1, 1, 1, 1)
+    return (64, 64, 1, 1, 1, 1)
+
+
+@functools.cache
+def _sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    return _sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def precompile(configs, device: torch.device, out_dtype: torch.dtype = torch.bfloat16) -> None:
+    """Build the kernels a layer will launch now (weight preparation), not in its first forward pass (which may be
+    a CUDA-graph capture)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    for config in configs:
+        _compiled(tuple(config), out_dtype, index)
 K_ALIGN = 16  # TMA: 16-byte row strides of the FP8 operands
 N_ALIGN = 8  # and of the 16-bit output
 
