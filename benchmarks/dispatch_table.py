@@ -5,7 +5,7 @@
 
 Per (N, K) and M bucket: the time of a whole layer call (activation quantization included) inside a CUDA graph
 (``--mode chain``, the default: the layer among many, as in a model's graph) of each backend that ran
-(``scaled_mm``, ``triton``, ``deepgemm``), and the fastest. Whole-layer times are what a user's model sees;
+(``scaled_mm``, ``cute``, ``triton``, ``deepgemm``), and the fastest. Whole-layer times are what a user's model sees;
 ``blockfp8 tune`` fills the same table from GEMM-only times (and the Triton configs). Shapes given to
 ``--hold-out`` are left out, so the benchmark can check the policy on shapes the table never saw. With several
 CSVs, a later file's time for a (shape, M, backend) replaces an earlier one's.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from blockfp8.backends import tuned
 
-BACKENDS = ("scaled_mm", "triton", "deepgemm")
+BACKENDS = ("scaled_mm", "cute", "triton", "deepgemm")
 
 
 def table_from_csv(paths: list[str], hold_out: set[tuple[int, int]], mode: str = "chain") -> dict:
