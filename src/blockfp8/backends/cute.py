@@ -22,6 +22,7 @@ from blockfp8.backends.base import (
     check_decision_for,
     scales_for_decision,
 )
+from blockfp8.kernels.cutedsl.gemm import K_ALIGN, N_ALIGN
 from blockfp8.kernels.ops import ops
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from blockfp8.platform import Platform
 
 _OUT_DTYPES = ("bfloat16", "float16")
-K_ALIGN, N_ALIGN = 16, 8  # TMA row strides (16 bytes) of the FP8 operands and of the 16-bit output
 
 
 class CuteBackend:
