@@ -68,6 +68,9 @@ def test_launcher_rejects_bad_input_naming_the_tensor():
         cute_gemm.fp8_block_gemm(x_q, x_s, w_q, w_s, out_dtype=torch.float32)
     with pytest.raises(ValueError, match="CUDA"):
         cute_gemm.fp8_block_gemm(x_q, x_s, w_q, w_s)
+    big = torch.empty((2**17, 2**14), dtype=torch.float8_e4m3fn, device="meta")  # 2**31 elements, no memory
+    with pytest.raises(ValueError, match="32-bit strides"):
+        cute_gemm.fp8_block_gemm(big, x_s, torch.empty((256, 2**14), dtype=torch.float8_e4m3fn, device="meta"), w_s)
 
 
 # ------------------------------------------------------------------ H100 / H200 with blockfp8[cute]

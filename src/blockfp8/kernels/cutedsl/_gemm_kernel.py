@@ -2,16 +2,17 @@
 weight scales, promoted into a float32 accumulator once per 128-wide K block.
 
 Why this kernel exists next to the Triton one: Triton's Hopper code waits for each K block's tensor-core group
-before it promotes, and the loads come from the same warps. Here one warp group only issues TMA loads and two
-warp groups only multiply, so the loads never sit between MMAs (warp specialisation, which Triton 3.6 does not give
-on SM90).
+before it promotes, and the loads come from the same warps. Here one warp group only issues TMA loads and one or
+two warp groups only multiply, so the loads never sit between MMAs (warp specialisation, which Triton 3.6 does not
+give on SM90).
 
-Layout of one CTA (384 threads):
-- warp group 0: one warp issues the TMA loads of an A tile (128 x 128) and a B tile (``tile_n`` x 128) per K block
-  into a ring of shared-memory stages;
-- warp groups 1 and 2: 64 rows each. Per K block: four ``wgmma`` (K = 32 each) into a scratch accumulator, wait,
-  then ``acc += scratch * (a_scale[row] * b_scale)``, the same float32 product the reference takes. The next K
-  block's scales are loaded while this block's MMAs run.
+Layout of one CTA (256 threads for 64-row tiles, 384 for 128-row tiles):
+- warp group 0: one warp issues the TMA loads of an A tile (``tile_m`` x 128) and a B tile (``tile_n`` x 128) per
+  K block into a ring of shared-memory stages;
+- warp groups 1 (and 2): 64 rows each. Per K block: four ``wgmma`` (K = 32 each) into one of two scratch
+  accumulators; once the next block's MMAs are issued into the other one, wait for this block's
+  (``wait_group(1)``), free its stage and promote: ``acc += scratch * (a_scale[row] * b_scale)``, the same
+  float32 product the reference takes. A block's scales are loaded while the block before it is promoted.
 - the epilogue converts to the output dtype, goes through shared memory and leaves with TMA stores, which clip
   rows past M and columns past N.
 Tiles are scheduled persistently (one CTA per SM, a static round-robin over output tiles).
@@ -32,7 +33,6 @@ import cutlass.utils.hopper_helpers as sm90
 from cutlass.cute.nvgpu import cpasync, warpgroup
 
 SCALE_BLOCK = 128  # one scale per 128 K (and per 128 weight rows): the tile's K depth is one scale block
-MMA_K = 32  # FP8 wgmma depth
 THREADS_PER_WG = 128
 SMEM_BYTES = 232448  # sm_90 opt-in shared memory per block
 
@@ -50,7 +50,7 @@ class BlockScaledGemmSm90:
             raise ValueError(f"tile_m={tile_m}: 64 (one MMA warp group) or 128 (two)")
         self.tile = (tile_m, tile_n, SCALE_BLOCK)
         # CTAs of a cluster along N share their A tile, along M their B tile: each loads a slice and multicasts it,
-        # so L2 serves fewer bytes per MMA (128 x 128 tiles alone need more L2 bandwidth than the H200 has).
+        # so L2 serves fewer bytes per MMA (on the H200 this measured no faster; kept as a config option).
         self.cluster = cluster
         # Tile order: ``swizzle`` tiles (in cluster units) along the raster direction before stepping across, so the
         # tiles running at one time share A and B panels in L2.

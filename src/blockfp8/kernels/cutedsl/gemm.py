@@ -89,6 +89,9 @@ def _check_inputs(x_q, x_scale, w_q, w_scale, out_dtype, bias, config) -> None:
     if why:
         raise QuantError(f"cute gemm: {why}")
     (m, k), n = x_q.shape, w_q.shape[0]
+    if max(m * k, n * k, m * n) >= 2**31:
+        raise QuantError(f"cute gemm: M={m}, N={n}, K={k}: an operand of 2**31 or more elements overflows the "
+                         "kernel's 32-bit strides; split the rows")
     if x_q.dtype != w_q.dtype:
         raise QuantError(f"cute gemm: x_q is {x_q.dtype}, w_q is {w_q.dtype}")
     if not x_q.is_cuda or not (x_q.get_device() == x_scale.get_device() == w_q.get_device() == w_scale.get_device()):
