@@ -51,6 +51,16 @@ def test_dispatch_compares_only_backends_the_table_timed():
     assert pick(("GPU",), 4096, 2112, 7168, ("deepgemm", "scaled_mm"), table=table) == "deepgemm"
 
 
+def test_dispatch_picks_cute_only_where_it_is_a_candidate():
+    """A table measured with the optional CuTe DSL kernel still serves a machine without it: the fastest timed
+    candidate wins, an uninstalled backend is never named."""
+    cell = {"128": {"backend": "cute", "us": {"scaled_mm": 20.0, "cute": 15.0, "triton": 25.0}}}
+    table = {"GPU": {"2112,7168": cell}}
+    pick = tuned.dispatch_backend
+    assert pick(("GPU",), 128, 2112, 7168, ("scaled_mm", "cute", "triton"), table=table) == "cute"
+    assert pick(("GPU",), 128, 2112, 7168, ("scaled_mm", "triton"), table=table) == "scaled_mm"
+
+
 def test_triton_configs_cover_every_bucket_with_the_nearest_below():
     table = {"sm90": {"576,7168": {"1": {"BLOCK_M": 16}, "64": {"BLOCK_M": 64}, "4096": {"BLOCK_M": 128}}}}
     configs = tuned.triton_configs(("NVIDIA_H200", "sm90"), 576, 7168, table=table)
