@@ -66,3 +66,17 @@ def test_bench_cli_needs_a_gpu(capsys):
     assert main(["bench", "gemm", "--m", "1", "--nk", "576x7168"]) == 1
     assert main(["tune", "--m", "1"]) == 1
     assert "error: needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_gemm_case_offers_cute_only_where_its_backend_runs(monkeypatch):
+    """The GEMM bench and `tune` time the CuTe DSL kernel where the policy could pick it, and its `auto` picks
+    among the same candidates as the policy."""
+    from blockfp8.backends.cute import CuteBackend
+    from blockfp8.bench import peers
+
+    case = peers.GemmCase(4, 256, 256, device="cpu")
+    assert case.dense_candidates() == ("scaled_mm", "triton")  # no GPU here (and the DSL hidden by conftest)
+    assert callable(case.variants(("cute",))["cute"])  # built lazily: nothing compiles until it is called
+    monkeypatch.setattr(CuteBackend, "is_supported", lambda self, platform: (True, "stub"))
+    assert case.dense_candidates() == ("scaled_mm", "cute", "triton")
+    assert peers.GemmCase(4, 100, 256, device="cpu").dense_candidates() == ("scaled_mm", "triton")  # N % 8

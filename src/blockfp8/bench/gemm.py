@@ -44,7 +44,7 @@ def bench_gemm(cells, variants=GEMM_VARIANTS, reps: int = 50, scale_fmt: str = "
                  "fp8_tensor": f"M padded to {case.x_q16.shape[0]}" if case.x_q16.shape[0] != m else ""}
         if check:  # every variant that computes the block-FP8 product is checked on these inputs
             ref = case.reference()
-            for v in ("scaled_mm", "triton", "auto"):
+            for v in ("scaled_mm", "cute", "triton", "auto"):
                 if v in fns:
                     try:
                         out = fns[v]()[:m].float()
@@ -149,7 +149,7 @@ def precompile(cfgs: list[dict], workers: int = 12) -> dict[str, str]:
 
 def tune(cells, reps: int = 20, log=print, scale_fmt: str = "float32") -> tuple[dict, dict, list[dict]]:
     """For each (M bucket, N, K): the fastest Triton config and the fastest backend (triton vs scaled_mm, and
-    DeepGEMM's dense kernel where it is usable on this GPU and fits the shape).
+    DeepGEMM's dense kernel and the CuTe DSL kernel where they are usable on this GPU and fit the shape).
     Returns (triton table for this GPU, dispatch table for this GPU, rows)."""
     from blockfp8.backends.deepgemm import DeepGemmBackend
     from blockfp8.backends.tuned import m_bucket
@@ -186,6 +186,11 @@ def tune(cells, reps: int = 20, log=print, scale_fmt: str = "float32") -> tuple[
         fns["scaled_mm"] = case.variants(("scaled_mm",))["scaled_mm"]
         if with_deepgemm and n % deepgemm.N_ALIGN == 0 and k % deepgemm.K_ALIGN == 0:
             fns["deepgemm"] = case.variants(("deepgemm",))["deepgemm"]
+        if "cute" in case.dense_candidates():
+            fns["cute"] = case.variants(("cute",))["cute"]
+            err = (fns["cute"]().float() - ref).abs().max().item()
+            if not err <= atol:
+                raise AssertionError(f"cute M={m} N={n} K={k} diff={err} atol={atol}")
         times = timing.time_kernels(fns, reps=reps, flush=flush)
         med = {name: timing.median(t) for name, t in times.items()}
         ranked = sorted((v, name) for name, v in med.items() if name.startswith("cfg") and not math.isnan(v))
@@ -195,13 +200,13 @@ def tune(cells, reps: int = 20, log=print, scale_fmt: str = "float32") -> tuple[
         cfg = cfgs[int(best[1][3:])]
         gemm_table.setdefault(f"{n},{k}", {})[str(m_bucket(m))] = cfg
         sm = med.get("scaled_mm", float("nan"))
-        timed = {"triton": best[0], "scaled_mm": sm, **({"deepgemm": med["deepgemm"]} if "deepgemm" in med else {})}
+        timed = {"triton": best[0], "scaled_mm": sm, **{b: med[b] for b in ("deepgemm", "cute") if b in med}}
         timed = {b: v for b, v in timed.items() if not math.isnan(v)}
         pick = min(timed, key=timed.get)
         dispatch_table.setdefault(f"{n},{k}", {})[str(m_bucket(m))] = {
             "backend": pick, "us": {b: round(v, 2) for b, v in timed.items()}}
-        log(f"M={m} N={n} K={k}: best triton {best[0]:.1f}us {cfg}  scaled_mm {sm:.1f}us"
-            f"{'  deepgemm {:.1f}us'.format(timed['deepgemm']) if 'deepgemm' in timed else ''} -> {pick}")
+        others = "".join(f"  {b} {timed[b]:.1f}us" for b in ("deepgemm", "cute") if b in timed)
+        log(f"M={m} N={n} K={k}: best triton {best[0]:.1f}us {cfg}  scaled_mm {sm:.1f}us{others} -> {pick}")
         rows.append({"bench": "tune", "m": m, "n": n, "k": k, "variant": "triton_best", "us": best[0],
                      "extra": str(cfg), **env})
     return gemm_table, dispatch_table, rows

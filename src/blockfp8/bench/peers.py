@@ -4,7 +4,8 @@
 ``scaled_mm`` (torch's blockwise cuBLASLt: 1x128 activations, 128x128 weights; SM90 only; the call the
 ``scaled_mm`` backend makes, ``kernels.scaled_mm``), ``deepgemm`` (its dense kernel, SM90 scale layout, where
 installed), ``triton`` (our kernel with the config the Triton backend would
-use on this GPU: tuned, else the heuristic) and ``auto`` (per-shape dispatch over the allowed backends from the
+use on this GPU: tuned, else the heuristic), ``cute`` (the CuTe DSL kernel with the config its backend would use,
+where ``blockfp8[cute]`` is installed) and ``auto`` (per-shape dispatch over the allowed backends from the
 shipped table, as the policy reads it). Activations are quantized before timing: these time the GEMM alone
 (``bench quant`` times quantization).
 """
@@ -68,6 +69,15 @@ class GemmCase:
                     raise RuntimeError(why)
                 x_s = to_mn_major(self.x_s)
                 out[name] = lambda x_s=x_s, module=module: deepgemm.gemm(module, self.x_q, x_s, self.w_q, self.w_s)
+            elif name == "cute":
+                from blockfp8.kernels.cutedsl import gemm as cute_gemm
+
+                def cute_call():
+                    cfg = cute_gemm.default_config(self.m, self.n, cute_gemm.num_sms(self.x_q.device))
+                    return cute_gemm.fp8_block_gemm(self.x_q, self.x_s, self.w_q, self.w_s, torch.bfloat16,
+                                                    config=cfg)
+
+                out[name] = cute_call
             elif name == "auto":
                 pick = self.auto_pick()
                 out[name] = out.get(pick) or self.variants((pick,))[pick]
@@ -79,9 +89,22 @@ class GemmCase:
         return configs[tuned.m_bucket(self.m)] if configs else None
 
     def auto_pick(self) -> str:
-        return tuned.dispatch_backend(self.tuned_keys, self.m, self.n, self.k, ("scaled_mm", "triton"))
+        return tuned.dispatch_backend(self.tuned_keys, self.m, self.n, self.k, self.dense_candidates())
+
+    def dense_candidates(self) -> tuple[str, ...]:
+        """The kernels the policy's automatic choice picks from here (no DeepGEMM), in its order."""
+        return ("scaled_mm", "cute", "triton") if cute_runs(self.n, self.k) else ("scaled_mm", "triton")
 
     def reference(self) -> torch.Tensor:
         from blockfp8.quant import reference
 
         return reference.gemm_reference(self.x_q, self.x_s, self.w_q, self.w_s, (128, 128), torch.float32)
+
+
+def cute_runs(n: int, k: int) -> bool:
+    """Whether the ``cute`` backend runs an N x K weight on this machine (installed, sm_90, TMA-aligned)."""
+    from blockfp8.backends.base import GemmProblem
+    from blockfp8.backends.cute import CuteBackend
+
+    backend = CuteBackend()
+    return backend.is_supported(detect())[0] and backend.can_implement(GemmProblem(n, k))[0]

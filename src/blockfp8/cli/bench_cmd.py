@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--m", default=None, help="comma list of M (gemm; default 1,16,64,128,512,4096) or of token "
                    "counts (moe; default 1,16,64,256,512,4096,16384)")
     p.add_argument("--nk", default=None, help="comma list of NxK pairs (gemm; default the DeepSeek-V3 list)")
-    p.add_argument("--variants", default=None, help="comma list (gemm: bf16,fp8_tensor,scaled_mm,triton,auto; "
+    p.add_argument("--variants", default=None, help="comma list (gemm: bf16,fp8_tensor,scaled_mm,triton,auto, "
+                   "cute and deepgemm where installed; "
                    "moe: bf16,triton,deepgemm,deepgemm_masked,deepgemm_contiguous)")
     p.add_argument("--reps", type=int, default=50, help="timed calls per variant and shape (median reported)")
     p.add_argument("--scale-fmt", choices=("float32", "ue8m0"), default="float32")
