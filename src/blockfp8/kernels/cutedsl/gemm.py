@@ -18,6 +18,8 @@ import torch
 from blockfp8.quant.reference import QuantError, cdiv
 
 OUT_DTYPES = (torch.bfloat16, torch.float16)
+K_ALIGN = 16  # TMA: 16-byte row strides of the FP8 operands
+N_ALIGN = 8  # and of the 16-bit output
 TILE_MS = (64, 128)
 TILE_NS = (64, 128)
 CLUSTERS = ((1, 1), (2, 1), (1, 2), (2, 2))
@@ -42,10 +44,6 @@ def default_config(m: int, n: int, sms: int = 132) -> tuple[int, ...]:
     return (64, 64, 1, 1, 1, 1)
 
 
-K_ALIGN = 16  # TMA: 16-byte row strides of the FP8 operands
-N_ALIGN = 8  # and of the 16-bit output
-
-
 def unsupported(w_q: torch.Tensor, out_dtype: torch.dtype) -> str | None:
     """Why this kernel cannot run a weight of this shape and dtype into ``out_dtype``, or None."""
     n, k = w_q.shape
@@ -63,7 +61,9 @@ def unsupported(w_q: torch.Tensor, out_dtype: torch.dtype) -> str | None:
 def fp8_block_gemm(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
                    out_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None,
                    config: tuple[int, ...] = DEFAULT_CONFIG) -> torch.Tensor:
-    """``config``: ``(tile_m, tile_n, cluster_m, cluster_n, swizzle, raster_m)``; a 2-CTA cluster along N shares
+    """The block-FP8 product (module docstring), checked, on torch's current stream.
+
+    ``config``: ``(tile_m, tile_n, cluster_m, cluster_n, swizzle, raster_m)``; a 2-CTA cluster along N shares
     (multicasts) the A tile, along M the B tile; ``swizzle`` tiles along the raster direction (M when
     ``raster_m``) run before the order steps across."""
     config = tuple(config)
@@ -117,7 +117,8 @@ def _sms(index: int) -> int:
 
 
 def num_sms(device: torch.device) -> int:
-    return _sms(torch.device(device).index if torch.device(device).index is not None else torch.cuda.current_device())
+    index = torch.device(device).index
+    return _sms(index if index is not None else torch.cuda.current_device())
 
 
 def precompile(configs, device: torch.device, out_dtype: torch.dtype = torch.bfloat16) -> None:
@@ -127,6 +128,8 @@ def precompile(configs, device: torch.device, out_dtype: torch.dtype = torch.bfl
     index = device.index if device.index is not None else torch.cuda.current_device()
     for config in configs:
         _compiled(tuple(config), out_dtype, index)
+
+
 @functools.cache
 def _compiled(config: tuple[int, ...], out_dtype: torch.dtype, device_index: int):
     """Compile once per (config, output dtype, device): sizes are runtime arguments, so every M, N, K reuses it."""
