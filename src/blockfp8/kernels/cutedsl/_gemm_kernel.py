@@ -12,7 +12,8 @@ Layout of one CTA (256 threads for 64-row tiles, 384 for 128-row tiles):
 - warp groups 1 (and 2): 64 rows each. Per K block: four ``wgmma`` (K = 32 each) into one of two scratch
   accumulators; once the next block's MMAs are issued into the other one, wait for this block's
   (``wait_group(1)``), free its stage and promote: ``acc += scratch * (a_scale[row] * b_scale)``, the same
-  float32 product the reference takes. A block's scales are loaded while the block before it is promoted.
+  float32 product the reference takes. A block's scales are loaded right after its MMAs are issued, so they
+  arrive while the block before it is promoted.
 - the epilogue converts to the output dtype, goes through shared memory and leaves with TMA stores, which clip
   rows past M and columns past N.
 Tiles are scheduled persistently (one CTA per SM, a static round-robin over output tiles).
