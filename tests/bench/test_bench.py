@@ -76,7 +76,7 @@ def test_gemm_case_offers_cute_only_where_its_backend_runs(monkeypatch):
 
     case = peers.GemmCase(4, 256, 256, device="cpu")
     assert case.dense_candidates() == ("scaled_mm", "triton")  # no GPU here (and the DSL hidden by conftest)
-    assert callable(case.variants(("cute",))["cute"])  # built lazily: nothing compiles until it is called
+    assert callable(case.variants(("cute",))["cute"])  # nothing compiles until it is called
     monkeypatch.setattr(CuteBackend, "is_supported", lambda self, platform: (True, "stub"))
     assert case.dense_candidates() == ("scaled_mm", "cute", "triton")
     assert peers.GemmCase(4, 100, 256, device="cpu").dense_candidates() == ("scaled_mm", "triton")  # N % 8

@@ -240,6 +240,19 @@ def check_decision_for(decision: Decision, backend: BackendId) -> None:
         )
 
 
+def quantize_act_unpadded(backend: BackendId, x: torch.Tensor, decision: Decision, group_size: int,
+                          fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``backend.quantize_act`` for kernels that take the activation as it is (no row or column padding): 1 x
+    ``group_size`` groups in the decision's scale format and layout; ``fused`` picks the Triton quantizer."""
+    import torch
+
+    from blockfp8.kernels.ops import ops
+
+    check_decision_for(decision, backend)
+    return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value,
+                            decision.act_scale_layout.value, 1, 1, getattr(torch, decision.fp8_dtype), fused)
+
+
 def scales_for_decision(w_q: torch.Tensor, w_scale: torch.Tensor, decision: Decision, block_size: tuple[int, int]
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(weight, float32 scales, checkpoint float32 scales) in the format the decision asks for, before any

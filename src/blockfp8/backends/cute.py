@@ -20,18 +20,16 @@ from blockfp8.backends.base import (
     ScaleFmt,
     ScaleLayout,
     check_decision_for,
+    quantize_act_unpadded,
     scales_for_decision,
 )
-from blockfp8.kernels.cutedsl.gemm import K_ALIGN, N_ALIGN
+from blockfp8.kernels.cutedsl.gemm import unsupported
 from blockfp8.kernels.ops import ops
 
 if TYPE_CHECKING:
     import torch
 
     from blockfp8.platform import Platform
-
-_OUT_DTYPES = ("bfloat16", "float16")
-
 
 class CuteBackend:
     name: ClassVar[BackendId] = BackendId.CUTE
@@ -46,17 +44,10 @@ class CuteBackend:
         return True, f"CuTe DSL {platform.cute_dsl_version or ''} on {platform.arch}".replace("  ", " ")
 
     def can_implement(self, problem: GemmProblem) -> tuple[bool, str]:
-        if problem.out_dtype not in _OUT_DTYPES:
-            return False, f"output dtype {problem.out_dtype} is not one of {', '.join(_OUT_DTYPES)}"
-        if problem.fp8_dtype != "float8_e4m3fn":
-            return False, f"fp8 dtype {problem.fp8_dtype}: the kernel takes float8_e4m3fn only"
         if tuple(problem.block_size) != (128, 128):
             return False, f"weight block size {list(problem.block_size)}: the kernel's K step is one 128 x 128 block"
-        if problem.k % K_ALIGN:
-            return False, f"K={problem.k}: TMA needs K % {K_ALIGN} == 0"
-        if problem.n % N_ALIGN:
-            return False, f"N={problem.n}: TMA needs N % {N_ALIGN} == 0 (the output's row stride)"
-        return True, "ragged M, N, K within TMA alignment"
+        why = unsupported(problem.n, problem.k, problem.out_dtype, problem.fp8_dtype)
+        return (False, why) if why else (True, "ragged M, N, K within TMA alignment")
 
     def required_scale_fmt(self, platform: Platform) -> ScaleFmt | None:
         return None
@@ -80,12 +71,7 @@ class CuteBackend:
                               extra={"configs": configs})
 
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch
-
-        check_decision_for(decision, self.name)
-        return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value,
-                                decision.act_scale_layout.value, 1, 1, getattr(torch, decision.fp8_dtype),
-                                decision.fused_act_quant)
+        return quantize_act_unpadded(self.name, x, decision, group_size, decision.fused_act_quant)
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -23,6 +23,7 @@ from blockfp8.backends.base import (
     ScaleLayout,
     check_decision_for,
     prepare_grouped_moe,
+    quantize_act_unpadded,
     scales_for_decision,
 )
 from blockfp8.kernels.ops import ops
@@ -71,11 +72,7 @@ class ReferenceBackend:
                               block_size=tuple(block_size), extra=extra)
 
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch
-
-        check_decision_for(decision, self.name)
-        return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value, "row_major", 1, 1,
-                                getattr(torch, decision.fp8_dtype), False)
+        return quantize_act_unpadded(self.name, x, decision, group_size, False)
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:

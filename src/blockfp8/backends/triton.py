@@ -20,6 +20,7 @@ from blockfp8.backends.base import (
     ScaleLayout,
     check_decision_for,
     prepare_grouped_moe,
+    quantize_act_unpadded,
     scales_for_decision,
 )
 from blockfp8.kernels.ops import ops
@@ -80,11 +81,7 @@ class TritonBackend:
                               extra={"configs": configs})
 
     def quantize_act(self, x: torch.Tensor, decision: Decision, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch
-
-        check_decision_for(decision, self.name)
-        return ops.quantize_act(x.reshape(-1, x.shape[-1]), group_size, decision.act_scale_fmt.value,
-                                decision.act_scale_layout.value, 1, 1, getattr(torch, decision.fp8_dtype), True)
+        return quantize_act_unpadded(self.name, x, decision, group_size, True)
 
     def gemm(self, x_q: torch.Tensor, x_scale: torch.Tensor, prepared: PreparedWeight, out_dtype: torch.dtype,
              bias: torch.Tensor | None = None) -> torch.Tensor:

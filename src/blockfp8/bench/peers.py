@@ -72,12 +72,11 @@ class GemmCase:
             elif name == "cute":
                 from blockfp8.kernels.cutedsl import gemm as cute_gemm
 
-                def cute_call():
-                    cfg = cute_gemm.default_config(self.m, self.n, cute_gemm.num_sms(self.x_q.device))
-                    return cute_gemm.fp8_block_gemm(self.x_q, self.x_s, self.w_q, self.w_s, torch.bfloat16,
-                                                    config=cfg)
-
-                out[name] = cute_call
+                # the config its backend would use (SM count from the GPU; no config off a GPU: the call fails)
+                cfg = (cute_gemm.default_config(self.m, self.n, cute_gemm.num_sms(self.x_q.device))
+                       if self.x_q.is_cuda else None)
+                out[name] = lambda cfg=cfg: cute_gemm.fp8_block_gemm(self.x_q, self.x_s, self.w_q, self.w_s,
+                                                                     torch.bfloat16, config=cfg)
             elif name == "auto":
                 pick = self.auto_pick()
                 out[name] = out.get(pick) or self.variants((pick,))[pick]

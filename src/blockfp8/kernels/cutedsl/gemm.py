@@ -17,7 +17,7 @@ import torch
 
 from blockfp8.quant.reference import QuantError, cdiv
 
-OUT_DTYPES = (torch.bfloat16, torch.float16)
+OUT_DTYPE_NAMES = ("bfloat16", "float16")
 K_ALIGN = 16  # TMA: 16-byte row strides of the FP8 operands
 N_ALIGN = 8  # and of the 16-bit output
 TILE_MS = (64, 128)
@@ -44,17 +44,17 @@ def default_config(m: int, n: int, sms: int = 132) -> tuple[int, ...]:
     return (64, 64, 1, 1, 1, 1)
 
 
-def unsupported(w_q: torch.Tensor, out_dtype: torch.dtype) -> str | None:
-    """Why this kernel cannot run a weight of this shape and dtype into ``out_dtype``, or None."""
-    n, k = w_q.shape
+def unsupported(n: int, k: int, out_dtype: str, fp8_dtype: str) -> str | None:
+    """Why this kernel cannot run an N x K weight of ``fp8_dtype`` into ``out_dtype`` (torch dtype names), or None:
+    the rule the launcher checks per call and the backend once per layer."""
     if k % K_ALIGN:
-        return f"K={k} is not a multiple of {K_ALIGN} (TMA row stride)"
+        return f"K={k}: TMA needs K % {K_ALIGN} == 0 (the FP8 operands' row stride)"
     if n % N_ALIGN:
-        return f"N={n} is not a multiple of {N_ALIGN} (TMA row stride of the output)"
-    if out_dtype not in OUT_DTYPES:
+        return f"N={n}: TMA needs N % {N_ALIGN} == 0 (the output's row stride)"
+    if out_dtype not in OUT_DTYPE_NAMES:
         return f"output dtype {out_dtype} is not bfloat16 or float16"
-    if w_q.dtype != torch.float8_e4m3fn:
-        return f"fp8 dtype {w_q.dtype} is not float8_e4m3fn"
+    if fp8_dtype != "float8_e4m3fn":
+        return f"fp8 dtype {fp8_dtype}: the kernel takes float8_e4m3fn only"
     return None
 
 
@@ -85,10 +85,10 @@ def _check_inputs(x_q, x_scale, w_q, w_scale, out_dtype, bias, config) -> None:
     """Every input rule, one line each naming the tensor; cheap attribute reads only (this runs per call)."""
     if x_q.dim() != 2 or w_q.dim() != 2 or x_q.shape[1] != w_q.shape[1]:
         raise QuantError(f"cute gemm: expected x [M, K] and w [N, K], got {tuple(x_q.shape)} and {tuple(w_q.shape)}")
-    why = unsupported(w_q, out_dtype)
+    (m, k), n = x_q.shape, w_q.shape[0]
+    why = unsupported(n, k, str(out_dtype).removeprefix("torch."), str(w_q.dtype).removeprefix("torch."))
     if why:
         raise QuantError(f"cute gemm: {why}")
-    (m, k), n = x_q.shape, w_q.shape[0]
     if max(m * k, n * k, m * n) >= 2**31:
         raise QuantError(f"cute gemm: M={m}, N={n}, K={k}: an operand of 2**31 or more elements overflows the "
                          "kernel's 32-bit strides; split the rows")
