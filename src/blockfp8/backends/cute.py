@@ -3,7 +3,7 @@
 The kernel lives in ``blockfp8.kernels.cutedsl`` and needs the optional ``nvidia-cutlass-dsl`` and
 ``apache-tvm-ffi`` packages (``pip install 'blockfp8[cute]'``). It is one of the automatic choice's candidates
 where installed; the per-M dispatch table picks it in the cells where it measured fastest. Each M bucket's tile
-config is settled when the weight is prepared, and its kernel compiled then (about 3 s per config, once per
+config is settled when the weight is prepared, and its kernel compiled then (a few seconds per config, once per
 process), never in a forward pass.
 """
 
