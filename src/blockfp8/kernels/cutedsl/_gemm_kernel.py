@@ -12,7 +12,8 @@ Layout of one CTA (256 threads for 64-row tiles, 384 for 128-row tiles):
 - warp groups 1 (and 2): 64 rows each. Per K block: four ``wgmma`` (K = 32 each) into one of two scratch
   accumulators; once the next block's MMAs are issued into the other one, wait for this block's
   (``wait_group(1)``), free its stage and promote: ``acc += scratch * (a_scale[row] * b_scale)``, the same
-  float32 product the reference takes. A block's scales are loaded two MMA groups ahead of its promotion.
+  float32 product the reference takes. A block's scales are loaded right after its MMAs are issued, so they
+  arrive while the block before it is promoted.
 - the epilogue converts to the output dtype, goes through shared memory and leaves with TMA stores, which clip
   rows past M and columns past N.
 Tiles are scheduled persistently (one CTA per SM, a static round-robin over output tiles).
@@ -249,23 +250,26 @@ class BlockScaledGemmSm90:
             nb = cutlass.min(n * self.tile[1] // SCALE_BLOCK, n_blocks - 1)
             acc.fill(0.0)
             # Two scratch accumulators: K block t + 1's MMAs run while K block t is promoted (wait_group(1)),
-            # so the tensor cores do not idle during a promotion. A block's scales are loaded two MMA groups
-            # before its promotion: with one group of distance, the scale product waited on the load between
-            # the MMA issues (ncu, H200: 13 % of the warps' stall samples on that one FMUL).
-            sa0, sb0 = self._scales(mSA, mSB, rows, nb, 0)
-            sa1, sb1 = self._scales(mSA, mSB, rows, nb, cutlass.min(1, k_tiles - 1))
+            # so the tensor cores do not idle during a promotion.
             tiled_mma, reading = self._issue(ring, reading, tiled_mma, part0, frag_a, frag_b, k_blocks)
+            sa0 = [mSA[r, 0] for r in rows]
+            sb0 = mSB[nb, 0]
+            sa1 = sa0
+            sb1 = sb0
             pairs = (k_tiles - 1) // 2
             for p in range(pairs):
                 tiled_mma, reading = self._issue(ring, reading, tiled_mma, part1, frag_a, frag_b, k_blocks)
-                sa2, sb2 = self._scales(mSA, mSB, rows, nb, 2 * p + 2)
+                sa1 = [mSA[r, 2 * p + 1] for r in rows]
+                sb1 = mSB[nb, 2 * p + 1]
                 releasing = self._retire(ring, releasing, acc, part0, sa0, sb0, which, 1)
                 tiled_mma, reading = self._issue(ring, reading, tiled_mma, part0, frag_a, frag_b, k_blocks)
-                sa3, sb3 = self._scales(mSA, mSB, rows, nb, cutlass.min(2 * p + 3, k_tiles - 1))
+                sa0 = [mSA[r, 2 * p + 2] for r in rows]
+                sb0 = mSB[nb, 2 * p + 2]
                 releasing = self._retire(ring, releasing, acc, part1, sa1, sb1, which, 1)
-                sa0, sb0, sa1, sb1 = sa2, sb2, sa3, sb3
             if k_tiles - 2 * pairs == 2:  # one K block left after the pairs
                 tiled_mma, reading = self._issue(ring, reading, tiled_mma, part1, frag_a, frag_b, k_blocks)
+                sa1 = [mSA[r, k_tiles - 1] for r in rows]
+                sb1 = mSB[nb, k_tiles - 1]
                 releasing = self._retire(ring, releasing, acc, part0, sa0, sb0, which, 1)
                 releasing = self._retire(ring, releasing, acc, part1, sa1, sb1, which, 0)
             else:
@@ -294,11 +298,6 @@ class BlockScaledGemmSm90:
             tiles.advance_to_next_work()
             work = tiles.get_current_work()
         store_ring.producer_tail()
-
-    @cute.jit
-    def _scales(self, mSA, mSB, rows, nb, kt):
-        """K block ``kt``'s activation scales of this thread's rows and the tile's weight scale."""
-        return [mSA[r, kt] for r in rows], mSB[nb, kt]
 
     @cute.jit
     def _issue(self, ring, reading, tiled_mma, part, frag_a, frag_b, k_blocks: cutlass.Constexpr):
