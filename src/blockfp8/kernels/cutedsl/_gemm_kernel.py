@@ -151,7 +151,9 @@ class BlockScaledGemmSm90:
             self.ab_dtype, cute.slice_(b_smem, (None, None, 0)))
         ring = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.barriers.data_ptr(), num_stages=self.stages,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
+            # full when the elected producer thread has armed it, the TMA bytes have landed and each producer lane's
+            # scale copies have arrived (cp.async ... arrive.noinc: one arrival per lane)
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1 + 32),
             # a stage is free once every consumer warp of every CTA that reads a multicast into it has released it
             consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread,
                                                      (self.mcast_a + self.mcast_b - 1) * self.mma_wgs * 4),
@@ -189,12 +191,13 @@ class BlockScaledGemmSm90:
     @cute.jit
     def _produce(self, ring, tma_a, tAgA, tAsA, mask_a, tma_b, tBgB, tBsB, mask_b, mSA, mSB, sSA, sSB, k_tiles,
                  sched):
-        """Per K block: the block's scales into the stage (plain loads and stores by the warp's lanes, issued
-        before the wait for a free stage so their latency hides behind it), then the A and B tiles by TMA. The
-        stage's full barrier is armed after the stores, so a consumer that sees the stage full sees its scales."""
+        """Per K block: the A and B tiles by TMA, and the block's scales by asynchronous 4-byte copies (each lane
+        its rows; lane 0 the weight scale) whose completion the lanes attach to the stage's full barrier, so the
+        producer never waits on a load."""
         lane = cute.arch.lane_idx()
         m_rows = mSA.shape[0]
         n_blocks = mSB.shape[0]
+        scale_copy = cute.make_copy_atom(cpasync.CopyG2SOp(), cutlass.Float32, num_bits_per_copy=32)
         tiles = utils.StaticPersistentTileScheduler.create(sched, cute.arch.block_idx(), cute.arch.grid_dim())
         work = tiles.initial_work_tile_info()
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
@@ -207,23 +210,26 @@ class BlockScaledGemmSm90:
             rows = [cutlass.min(m * self.tile[0] + j * 32 + lane, m_rows - 1) for j in range(self.tile[0] // 32)]
             nb = cutlass.min(n * self.tile[1] // SCALE_BLOCK, n_blocks - 1)
             for kt in range(k_tiles):
-                sa = [mSA[r, kt] for r in rows]
-                sb = mSB[nb, kt]
-                ring.sync_object_empty.wait(state.index, state.phase)
-                for j in cutlass.range_constexpr(len(rows)):
-                    sSA[j * 32 + lane, state.index] = sa[j]
-                if lane == 0:
-                    sSB[state.index] = sb
-                cute.arch.sync_warp()
-                ring.producer_acquire(state, try_acquire_token=True)  # stage already free: arm the barrier only
+                ring.producer_acquire(state)
                 bar = ring.producer_get_barrier(state)
                 cute.copy(tma_a, src_a[(None, kt)], tAsA[(None, state.index)], tma_bar_ptr=bar, mcast_mask=mask_a)
                 cute.copy(tma_b, src_b[(None, kt)], tBsB[(None, state.index)], tma_bar_ptr=bar, mcast_mask=mask_b)
+                for j in cutlass.range_constexpr(len(rows)):
+                    cute.copy(scale_copy, self._element(mSA, (rows[j], kt)),
+                              self._element(sSA, (j * 32 + lane, state.index)))
+                if lane == 0:
+                    cute.copy(scale_copy, self._element(mSB, (nb, kt)), self._element(sSB, state.index))
+                cute.arch.cp_async_mbarrier_arrive_noinc(bar)
                 ring.producer_commit(state)
                 state.advance()
             tiles.advance_to_next_work()
             work = tiles.get_current_work()
         ring.producer_tail(state)
+
+    @staticmethod
+    def _element(t: cute.Tensor, coord) -> cute.Tensor:
+        """A one-element view of ``t`` at ``coord`` (the operand of a 4-byte copy)."""
+        return cute.make_tensor(t.iterator + cute.crd2idx(coord, t.layout), cute.make_layout(1))
 
     @cute.jit
     def _consume(self, ring, tiled_mma, sA, sB, sD, gD, sSA, sSB, tma_d, k_tiles, sched, ctid, warp):
