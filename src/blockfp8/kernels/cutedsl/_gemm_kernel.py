@@ -278,19 +278,27 @@ class BlockScaledGemmSm90:
             acc.fill(0.0)
             # Two scratch accumulators: K block t + 1's MMAs run while K block t is promoted (wait_group(1)),
             # so the tensor cores do not idle during a promotion.
-            tiled_mma, reading = self._issue(ring, reading, tiled_mma, part0, frag_a, frag_b, k_blocks)
+            # A block's scales are read from its stage when its MMAs are issued, one MMA group before its
+            # promotion needs them, so the read's latency never holds up the next group's MMA issue.
+            tiled_mma, reading, sa0, sb0 = self._issue(ring, reading, tiled_mma, part0, frag_a, frag_b, k_blocks,
+                                                       sSA, sSB, my_rows)
+            sa1 = sa0
+            sb1 = sb0
             pairs = (k_tiles - 1) // 2
             for _ in range(pairs):
-                tiled_mma, reading = self._issue(ring, reading, tiled_mma, part1, frag_a, frag_b, k_blocks)
-                releasing = self._retire(ring, releasing, acc, part0, sSA, sSB, my_rows, which, 1)
-                tiled_mma, reading = self._issue(ring, reading, tiled_mma, part0, frag_a, frag_b, k_blocks)
-                releasing = self._retire(ring, releasing, acc, part1, sSA, sSB, my_rows, which, 1)
+                tiled_mma, reading, sa1, sb1 = self._issue(ring, reading, tiled_mma, part1, frag_a, frag_b, k_blocks,
+                                                           sSA, sSB, my_rows)
+                releasing = self._retire(ring, releasing, acc, part0, sa0, sb0, which, 1)
+                tiled_mma, reading, sa0, sb0 = self._issue(ring, reading, tiled_mma, part0, frag_a, frag_b, k_blocks,
+                                                           sSA, sSB, my_rows)
+                releasing = self._retire(ring, releasing, acc, part1, sa1, sb1, which, 1)
             if k_tiles - 2 * pairs == 2:  # one K block left after the pairs
-                tiled_mma, reading = self._issue(ring, reading, tiled_mma, part1, frag_a, frag_b, k_blocks)
-                releasing = self._retire(ring, releasing, acc, part0, sSA, sSB, my_rows, which, 1)
-                releasing = self._retire(ring, releasing, acc, part1, sSA, sSB, my_rows, which, 0)
+                tiled_mma, reading, sa1, sb1 = self._issue(ring, reading, tiled_mma, part1, frag_a, frag_b, k_blocks,
+                                                           sSA, sSB, my_rows)
+                releasing = self._retire(ring, releasing, acc, part0, sa0, sb0, which, 1)
+                releasing = self._retire(ring, releasing, acc, part1, sa1, sb1, which, 0)
             else:
-                releasing = self._retire(ring, releasing, acc, part0, sSA, sSB, my_rows, which, 0)
+                releasing = self._retire(ring, releasing, acc, part0, sa0, sb0, which, 0)
 
             sub_tiles = cute.zipped_divide(gD[(None, None, m, n, l)], self.epi_tile)
             bSG_sD, bSG_gD = cpasync.tma_partition(tma_d, 0, cute.make_layout(1), cute.group_modes(sD, 0, 2),
@@ -317,9 +325,13 @@ class BlockScaledGemmSm90:
         store_ring.producer_tail()
 
     @cute.jit
-    def _issue(self, ring, reading, tiled_mma, part, frag_a, frag_b, k_blocks: cutlass.Constexpr):
-        """Wait for the next stage and issue its four MMAs into ``part`` (overwritten: ACCUMULATE starts off)."""
+    def _issue(self, ring, reading, tiled_mma, part, frag_a, frag_b, k_blocks: cutlass.Constexpr, sSA, sSB,
+               my_rows):
+        """Wait for the next stage, read its scales of this thread's rows and issue its four MMAs into ``part``
+        (overwritten: ACCUMULATE starts off)."""
         ring.consumer_wait(reading)
+        sa = [sSA[r, reading.index] for r in my_rows]
+        sb = sSB[reading.index]
         warpgroup.fence()
         tiled_mma.set(warpgroup.Field.ACCUMULATE, False)
         for kb in cutlass.range_constexpr(k_blocks):
@@ -328,16 +340,13 @@ class BlockScaledGemmSm90:
             tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
         warpgroup.commit_group()
         reading.advance()
-        return tiled_mma, reading  # rebound by the caller: the tracer carries only plain locals across loops
+        return tiled_mma, reading, sa, sb  # rebound by the caller: the tracer carries only plain locals across loops
 
     @cute.jit
-    def _retire(self, ring, releasing, acc, part, sSA, sSB, my_rows, which, in_flight: cutlass.Constexpr):
+    def _retire(self, ring, releasing, acc, part, sa, sb, which, in_flight: cutlass.Constexpr):
         """Wait until at most ``in_flight`` MMA groups run, free the oldest stage, promote ``part`` into ``acc``
-        with the float32 factor ``a_scale[row] * b_scale``. The factors come from the stage's shared memory (the
-        stage has been full since its MMAs were issued), read before the stage is freed."""
-        stage = releasing.index
-        sb = sSB[stage]
-        factors = [sSA[r, stage] * sb for r in my_rows]
+        with the float32 factor ``a_scale[row] * b_scale``."""
+        factors = [s * sb for s in sa]
         warpgroup.wait_group(in_flight)
         ring.consumer_release(releasing)
         releasing.advance()
