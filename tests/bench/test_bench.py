@@ -80,3 +80,20 @@ def test_gemm_case_offers_cute_only_where_its_backend_runs(monkeypatch):
     monkeypatch.setattr(CuteBackend, "is_supported", lambda self, platform: (True, "stub"))
     assert case.dense_candidates() == ("scaled_mm", "cute", "triton")
     assert peers.GemmCase(4, 100, 256, device="cpu").dense_candidates() == ("scaled_mm", "triton")  # N % 8
+
+
+def test_layer_variants_take_turns_and_report_the_median(monkeypatch):
+    from blockfp8.bench import layer, timing
+
+    order = []
+    clock = {"a": iter([5.0, 1.0, 3.0, 2.0, 4.0]), "b": iter([10.0] * 5)}
+
+    def wall_us(fn, reps, warmup=3):
+        assert reps == 2  # 10 reps over 5 rounds
+        order.append(fn)
+        return next(clock[fn])
+
+    monkeypatch.setattr(timing, "wall_us", wall_us)
+    us = layer._interleaved({"a": ("a", 1), "b": ("b", 2)}, reps=10)
+    assert us == {"a": 3.0, "b": 5.0}  # the median round; "b" replays two layer calls per call
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]  # each round starts one variant later

@@ -12,6 +12,9 @@ Modes (``--modes``):
   within 10% of ``chain``, docs/kernels.md).
 * ``eager``: plain calls in a loop, host overhead included.
 
+The variants of a cell take turns: five rounds of ``reps / 5`` calls each, each round starting one variant later,
+and the median round is reported, so no variant is always timed on a GPU the others have just heated.
+
 Variants share one FP8 weight: ``scaled_mm`` / ``triton`` / ``deepgemm`` are layers forced to that backend (a
 backend that cannot run here or cannot implement the shape is reported and skipped), ``auto`` is the layer the
 policy builds with no setting (its per-M choice is in ``extra``). Every FP8 output is checked against
@@ -21,6 +24,7 @@ policy builds with no setting (its per-M choice is in ``extra``). Every FP8 outp
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 
@@ -56,20 +60,42 @@ def _layers(w_q, w_s, variants, copies, log) -> dict[str, list]:
     return out
 
 
-def _timed(mode: str, calls: list, reps: int) -> float:
-    """Microseconds per layer call in ``mode`` (``calls``: the layer's copies, each a no-argument callable)."""
+ROUNDS = 5
+
+
+def _replay(mode: str, calls: list) -> tuple:
+    """What one timed call runs in ``mode`` and how many layer calls it makes (``calls``: the layer's copies, each a
+    no-argument callable)."""
     from blockfp8.bench import timing
 
     if mode == "eager":
-        return timing.wall_us(calls[0], reps)
+        return calls[0], 1
     if mode == "graph":
-        return timing.wall_us(timing.cuda_graphed(calls[0]), reps)
+        return timing.cuda_graphed(calls[0]), 1
 
     def chain():
         for call in calls:
             call()
 
-    return timing.wall_us(timing.cuda_graphed(chain), reps) / len(calls)
+    return timing.cuda_graphed(chain), len(calls)
+
+
+def _interleaved(replays: dict, reps: int) -> dict:
+    """Microseconds per layer call of each variant: the median of ``ROUNDS`` rounds of ``reps / ROUNDS`` calls, the
+    variants taking turns and each round starting one variant later. Timed one after another, a variant ran on a
+    GPU the variants before it had heated: on an H200 the same kernel measured 4-11 % slower when timed after the
+    others (``auto`` running ``scaled_mm`` against ``scaled_mm``, docs/kernels.md)."""
+    from blockfp8.bench import timing
+
+    names = list(replays)
+    times: dict = {name: [] for name in names}
+    per_round = max(1, reps // ROUNDS)
+    for r in range(ROUNDS):
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            fn, layer_calls = replays[name]
+            times[name].append(timing.wall_us(fn, per_round, warmup=1) / layer_calls)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_layer(cells, variants=VARIANTS, modes=MODES, reps: int = 50, log=print) -> list[dict]:
@@ -118,13 +144,14 @@ def bench_layer(cells, variants=VARIANTS, modes=MODES, reps: int = 50, log=print
                     extra[name] = (f"runs {ran}" if name == "auto" else "") + \
                         (f"; deep_gemm {dg_version()}" if str(ran) == "deepgemm" else "")
                 for mode in modes:
-                    us = {}
+                    replays = {}
                     for name, fns in calls.items():
                         try:
-                            us[name] = _timed(mode, fns, reps)
+                            replays[name] = _replay(mode, fns)
                         except Exception as exc:  # noqa: BLE001 - reported, not fatal
                             log(f"layer {name} {mode} M={m} N={n} K={k}: {type(exc).__name__}: {str(exc)[:160]}")
-                            us[name] = math.nan
+                    timed = _interleaved(replays, reps)
+                    us = {name: timed.get(name, math.nan) for name in calls}
                     for name, v in us.items():
                         note = "; ".join(p for p in (extra.get(name, ""),
                                                      f"{len(calls[name])} copies" if mode == "chain" else "") if p)
