@@ -13,7 +13,7 @@ Modes (``--modes``):
 * ``eager``: plain calls in a loop, host overhead included.
 
 The variants of a cell take turns: five rounds of ``reps / 5`` calls each, each round starting one variant later,
-and the median round is reported, so no variant is always timed on a GPU the others have just heated.
+and the median round is reported, so no variant always runs right after the others.
 
 Variants share one FP8 weight: ``scaled_mm`` / ``triton`` / ``deepgemm`` are layers forced to that backend (a
 backend that cannot run here or cannot implement the shape is reported and skipped), ``auto`` is the layer the
@@ -82,9 +82,10 @@ def _replay(mode: str, calls: list) -> tuple:
 
 def _interleaved(replays: dict, reps: int) -> dict:
     """Microseconds per layer call of each variant: the median of ``ROUNDS`` rounds of ``reps / ROUNDS`` calls, the
-    variants taking turns and each round starting one variant later. Timed one after another, a variant ran on a
-    GPU the variants before it had heated: on an H200 the same kernel measured 4-11 % slower when timed after the
-    others (``auto`` running ``scaled_mm`` against ``scaled_mm``, docs/kernels.md)."""
+    variants taking turns and each round starting one variant later. Timed one after another, a variant's time
+    depended on its place in the order: on an H200 the same kernel measured up to 10.5 % slower when timed after
+    the others (``auto`` running ``scaled_mm`` against ``scaled_mm``, docs/kernels.md; the cause was not
+    measured)."""
     from blockfp8.bench import timing
 
     names = list(replays)
