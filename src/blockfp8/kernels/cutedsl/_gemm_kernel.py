@@ -12,9 +12,10 @@ Layout of one CTA (256 threads for 64-row tiles, 384 for 128-row tiles):
 - warp groups 1 (and 2): 64 rows each. Per K block: four ``wgmma`` (K = 32 each) into one of two scratch
   accumulators; once the next block's MMAs are issued into the other one, wait for this block's
   (``wait_group(1)``), free its stage and promote: ``acc += scratch * (a_scale[row] * b_scale)``, the same
-  float32 product the reference takes. The factors are read from the stage's shared memory: the producer warp
-  stores each K block's scales there before it arms the stage, so the MMA warps make no global loads in the K loop
-  (loaded there instead, the scale product stalled between MMA issues: ncu on the H200, 13 % of the stall samples).
+  float32 product the reference takes. The scales come with the stage: the producer warp's lanes copy them in with
+  ``cp.async`` whose completion counts on the stage's full barrier, and the MMA warps read them from shared memory
+  when they issue the block's MMAs, one group before the promotion. So the MMA warps make no global loads in the K
+  loop (loaded there, the scale product waited on them between MMA issues: 13 % of the stall samples, ncu, H200).
 - the epilogue converts to the output dtype, goes through shared memory and leaves with TMA stores, which clip
   rows past M and columns past N.
 Tiles are scheduled persistently (one CTA per SM, a static round-robin over output tiles).
@@ -65,7 +66,8 @@ class BlockScaledGemmSm90:
         self.threads = (1 + self.mma_wgs) * THREADS_PER_WG
         self.epi_tile = (tile_m, 32)
         ab_bytes = (self.tile[0] + self.tile[1]) * self.tile[2]
-        # a stage also holds its K block's scales: tile_m activation scales and the weight scale (16-byte padded)
+        # a stage also holds its K block's scales: tile_m activation scales and the weight scale (16-byte padded);
+        # three epilogue buffers, not four, leave a 128x128 tile its six stages
         scale_bytes = (tile_m + 4) * 4
         epi_bytes = self.epi_tile[0] * self.epi_tile[1] * 2 * epi_stages
         self.stages = min(12, (SMEM_BYTES - 2048 - epi_bytes) // (ab_bytes + scale_bytes))
