@@ -97,3 +97,20 @@ def test_layer_variants_take_turns_and_report_the_median(monkeypatch):
     us = layer._interleaved({"a": ("a", 1), "b": ("b", 2)}, reps=10)
     assert us == {"a": 3.0, "b": 5.0}  # the median round; "b" replays two layer calls per call
     assert order == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]  # each round starts one variant later
+
+
+def test_a_layer_variant_that_raises_is_reported_not_fatal(monkeypatch):
+    import math
+
+    from blockfp8.bench import layer, timing
+
+    def wall_us(fn, reps, warmup=3):
+        if fn == "bad":
+            raise RuntimeError("no kernel image")
+        return 2.0
+
+    monkeypatch.setattr(timing, "wall_us", wall_us)
+    logged = []
+    us = layer._interleaved({"bad": ("bad", 1), "good": ("good", 1)}, reps=10, log=logged.append)
+    assert us["good"] == 2.0 and math.isnan(us["bad"])
+    assert logged == ["layer bad: RuntimeError: no kernel image"]  # once, not once per round

@@ -80,23 +80,30 @@ def _replay(mode: str, calls: list) -> tuple:
     return timing.cuda_graphed(chain), len(calls)
 
 
-def _interleaved(replays: dict, reps: int) -> dict:
+def _interleaved(replays: dict, reps: int, log=print) -> dict:
     """Microseconds per layer call of each variant: the median of ``ROUNDS`` rounds of ``reps / ROUNDS`` calls, the
     variants taking turns and each round starting one variant later. Timed one after another, a variant's time
     depended on its place in the order: on an H200 the same kernel measured up to 10.5 % slower when timed after
     the others (``auto`` running ``scaled_mm`` against ``scaled_mm``, docs/kernels.md; the cause was not
-    measured)."""
+    measured). A variant whose call raises is reported through ``log`` and left out (NaN)."""
     from blockfp8.bench import timing
 
     names = list(replays)
     times: dict = {name: [] for name in names}
+    failed: set = set()
     per_round = max(1, reps // ROUNDS)
     for r in range(ROUNDS):
         for i in range(len(names)):
             name = names[(r + i) % len(names)]
+            if name in failed:
+                continue
             fn, layer_calls = replays[name]
-            times[name].append(timing.wall_us(fn, per_round, warmup=1) / layer_calls)
-    return {name: statistics.median(t) for name, t in times.items()}
+            try:
+                times[name].append(timing.wall_us(fn, per_round, warmup=1) / layer_calls)
+            except Exception as exc:  # noqa: BLE001 - reported, not fatal
+                log(f"layer {name}: {type(exc).__name__}: {str(exc)[:160]}")
+                failed.add(name)
+    return {name: math.nan if name in failed else statistics.median(t) for name, t in times.items()}
 
 
 def bench_layer(cells, variants=VARIANTS, modes=MODES, reps: int = 50, log=print) -> list[dict]:
@@ -151,7 +158,7 @@ def bench_layer(cells, variants=VARIANTS, modes=MODES, reps: int = 50, log=print
                             replays[name] = _replay(mode, fns)
                         except Exception as exc:  # noqa: BLE001 - reported, not fatal
                             log(f"layer {name} {mode} M={m} N={n} K={k}: {type(exc).__name__}: {str(exc)[:160]}")
-                    timed = _interleaved(replays, reps)
+                    timed = _interleaved(replays, reps, lambda msg: log(f"{msg} ({mode} M={m} N={n} K={k})"))
                     us = {name: timed.get(name, math.nan) for name in calls}
                     for name, v in us.items():
                         note = "; ".join(p for p in (extra.get(name, ""),
