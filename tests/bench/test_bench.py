@@ -111,6 +111,6 @@ def test_a_layer_variant_that_raises_is_reported_not_fatal(monkeypatch):
 
     monkeypatch.setattr(timing, "wall_us", wall_us)
     logged = []
-    us = layer._interleaved({"bad": ("bad", 1), "good": ("good", 1)}, reps=10, log=logged.append)
+    us = layer._interleaved({"bad": ("bad", 1), "good": ("good", 1)}, reps=10, log=logged.append, where="eager M=1")
     assert us["good"] == 2.0 and math.isnan(us["bad"])
-    assert logged == ["layer bad: RuntimeError: no kernel image"]  # once, not once per round
+    assert logged == ["layer bad eager M=1: RuntimeError: no kernel image"]  # once, not once per round

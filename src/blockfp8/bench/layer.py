@@ -80,7 +80,7 @@ def _replay(mode: str, calls: list) -> tuple:
     return timing.cuda_graphed(chain), len(calls)
 
 
-def _interleaved(replays: dict, reps: int, log=print) -> dict:
+def _interleaved(replays: dict, reps: int, log=print, where: str = "") -> dict:
     """Microseconds per layer call of each variant: the median of ``ROUNDS`` rounds of ``reps / ROUNDS`` calls, the
     variants taking turns and each round starting one variant later. Timed one after another, a variant's time
     depended on its place in the order: on an H200 the same kernel measured up to 10.5 % slower when timed after
@@ -101,7 +101,7 @@ def _interleaved(replays: dict, reps: int, log=print) -> dict:
             try:
                 times[name].append(timing.wall_us(fn, per_round, warmup=1) / layer_calls)
             except Exception as exc:  # noqa: BLE001 - reported, not fatal
-                log(f"layer {name}: {type(exc).__name__}: {str(exc)[:160]}")
+                log(f"layer {name} {where}: {type(exc).__name__}: {str(exc)[:160]}")
                 failed.add(name)
     return {name: math.nan if name in failed else statistics.median(t) for name, t in times.items()}
 
@@ -158,7 +158,7 @@ def bench_layer(cells, variants=VARIANTS, modes=MODES, reps: int = 50, log=print
                             replays[name] = _replay(mode, fns)
                         except Exception as exc:  # noqa: BLE001 - reported, not fatal
                             log(f"layer {name} {mode} M={m} N={n} K={k}: {type(exc).__name__}: {str(exc)[:160]}")
-                    timed = _interleaved(replays, reps, lambda msg: log(f"{msg} ({mode} M={m} N={n} K={k})"))
+                    timed = _interleaved(replays, reps, log, where=f"{mode} M={m} N={n} K={k}")
                     us = {name: timed.get(name, math.nan) for name in calls}
                     for name, v in us.items():
                         note = "; ".join(p for p in (extra.get(name, ""),
