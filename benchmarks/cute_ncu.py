@@ -14,18 +14,14 @@ import csv
 import sys
 
 import torch
+from cute_probe import operands  # the probe's operands (run as a script, benchmarks/ is on the path)
 
 from blockfp8.kernels.cutedsl import gemm as cgemm
 from blockfp8.kernels.scaled_mm import blockwise_gemm, pad_weight_scale
-from blockfp8.quant import reference as ref
 
 
 def calls_for(m: int, n: int, k: int) -> list:
-    w = torch.randn(n, k, device="cuda") * 0.05
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    w_q, w_s = ref.quantize_weight(w, (128, 128))
-    x_q, x_s = ref.quantize_act(x, 128)
-    x_q, x_s, w_q, w_s = x_q.contiguous(), x_s.float().contiguous(), w_q.contiguous(), w_s.float().contiguous()
+    x_q, x_s, w_q, w_s = operands(m, n, k)
     x_s_mn, w_s_pad = x_s.t().contiguous().t(), pad_weight_scale(w_s)
     return [lambda: cgemm.fp8_block_gemm(x_q, x_s, w_q, w_s, torch.bfloat16),
             lambda: blockwise_gemm(x_q, x_s_mn, w_q, w_s_pad, torch.bfloat16)]
@@ -36,13 +32,14 @@ def stalls(path: str, top: int = 12) -> None:
     the most samples and their main reasons."""
     kernels: list[list[dict]] = []
     header: list[str] = []
-    for row in csv.reader(open(path)):
-        if row and row[0] == "Kernel Name":
-            kernels.append([])
-        elif row and row[0] == "Address":
-            header = row
-        elif kernels and len(row) == len(header):
-            kernels[-1].append(dict(zip(header, row, strict=True)))
+    with open(path, newline="") as f:
+        for row in csv.reader(f):
+            if row and row[0] == "Kernel Name":
+                kernels.append([])
+            elif row and row[0] == "Address":
+                header = row
+            elif kernels and len(row) == len(header):
+                kernels[-1].append(dict(zip(header, row, strict=True)))
     samples = "Warp Stall Sampling (All Samples)"
     for i, rows in enumerate(kernels):
         reasons = [h for h in header if h.startswith("stall_") and "Not Issued" not in h]
